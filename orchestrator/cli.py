@@ -1,0 +1,219 @@
+"""The `ddc` command: arguments in, one call per verb, output out.
+
+No logic lives here that a test would have to reach through argparse: each verb
+parses into a typed request and calls one function of the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import image as images
+from . import testbed
+from .errors import DdcError, SpecError
+from .guest import Endpoint
+from .spec import format_size
+
+LOG = logging.getLogger("ddc")
+OUT = Console(highlight=False)
+ERR = Console(stderr=True, highlight=False)
+
+
+@dataclass(frozen=True)
+class Request:
+    verb: str
+    args: argparse.Namespace
+
+
+def _say(message: str) -> None:
+    ERR.print(f"[dim]•[/dim] {escape(message)}")
+
+
+# -- verbs ------------------------------------------------------------------------------------------
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    p = testbed.plan(a.file)
+    rack = p.rack
+    OUT.print(f"[bold]{rack.name}[/bold]: valid ({a.file}); accel {rack.accel}, image {rack.image}, "
+              f"libvirt {rack.uri}, total {format_size(p.spec.total_memory())}")
+    mbs = Table("memory blade", "size", "used", "latency", "bandwidth", "slices", title="memory blades")
+    for mb in rack.memory_blades:
+        mbs.add_row(mb.name, format_size(mb.size), format_size(mb.used) if mb.used else "0",
+                    f"{mb.latency_ns} ns", f"{mb.bandwidth_gbps:g} GB/s" if mb.bandwidth_gbps else "-",
+                    ", ".join(f"{s.compute_blade}:node{s.node}" for s in mb.slices) or "-")
+    if rack.memory_blades:
+        OUT.print(mbs)
+    for blade in rack.compute_blades:
+        OUT.print(_nodes_table(blade.name, blade.vcpus, [
+            {"node": n.id, "size": n.size, "cpus": list(n.cpus), "latency_ns": n.latency_ns,
+             "bandwidth_gbps": n.bandwidth_gbps, "memory_blade": n.memory_blade,
+             "distance": blade.distances[0][n.id]} for n in blade.nodes]))
+        OUT.print("  SLIT: " + "  ".join(" ".join(f"{d:3d}" for d in row) for row in blade.distances))
+    return 0
+
+
+def _nodes_table(name: str, vcpus: int | None, nodes: list[dict[str, Any]]) -> Table:
+    title = f"compute blade {name}" + (f" ({vcpus} vCPUs)" if vcpus else "")
+    t = Table("node", "cpus", "size", "backed by", "latency", "bandwidth", "distance", title=title)
+    for n in nodes:
+        cpus = n["cpus"]
+        t.add_row(str(n["node"]), f"{cpus[0]}-{cpus[-1]}" if cpus else "none", format_size(n["size"]),
+                  n["memory_blade"] or "local DRAM", f"{n['latency_ns']} ns",
+                  f"{n['bandwidth_gbps']:g} GB/s" if n["bandwidth_gbps"] else "-", str(n["distance"]))
+    return t
+
+
+def cmd_image_build(a: argparse.Namespace) -> int:
+    img = images.build_image(a.recipe, force=a.force, progress=_say)
+    OUT.print(f"image {img.recipe} {img.digest[:12]}: {img.directory}")
+    return 0
+
+
+def cmd_image_list(a: argparse.Namespace) -> int:
+    t = Table("recipe", "digest", "cached at")
+    for name in images.recipe_names():
+        img = images.cached_image(name)
+        t.add_row(name, images.image_digest(name)[:12], str(img.directory) if img else "not built")
+    OUT.print(t)
+    return 0
+
+
+def cmd_up(a: argparse.Namespace) -> int:
+    if a.dry_run:
+        OUT.print(testbed.dry_run(a.file), markup=False)
+        return 0
+    views = testbed.up(a.file, say=_say)
+    _print_blades(views)
+    return 0
+
+
+def _print_blades(views: list[testbed.BladeView]) -> None:
+    t = Table("blade", "domain", "state", "ssh", "boot", "NUMA layout")
+    for v in views:
+        layout = "; ".join(
+            f"node{n['node']} {format_size(n['size'])} "
+            + (f"cpus {n['cpus'][0]}-{n['cpus'][-1]}" if n["cpus"] else f"{n['memory_blade']} no cpus")
+            + f" {n['latency_ns']}ns d={n['distance']}" for n in v.nodes)
+        t.add_row(v.name, v.domain, v.state, f"root@{v.endpoint}",
+                  f"{v.boot_s:.1f} s" if v.boot_s is not None else "-", layout)
+    OUT.print(t)
+
+
+def cmd_down(a: argparse.Namespace) -> int:
+    testbed.down(testbed.testbed_name(a.file), say=_say)
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    beds = testbed.status(testbed.testbed_name(a.file) if a.file else None)
+    if a.json:
+        print(json.dumps(beds, indent=2))
+        return 0
+    if not beds:
+        OUT.print("no testbed is up")
+    for bed in beds:
+        OUT.print(f"[bold]{bed['name']}[/bold]: {bed['phase']} since {bed['since']} ({bed['accel']}, "
+                  f"{bed['uri']}) from {bed['spec_file']}")
+        if bed["error"]:
+            OUT.print(f"  error: {bed['error']}", markup=False)
+        _print_blades([testbed.BladeView(**b) for b in bed["blades"]])
+    return 0
+
+
+def cmd_ssh(a: argparse.Namespace) -> int:
+    st = testbed.load_up(testbed.testbed_name(a.file))
+    ep: Endpoint = testbed.endpoint(st, a.blade)
+    command = list(a.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    argv = ep.ssh_argv(*command, tty=not command and sys.stdin.isatty())
+    LOG.debug("+ %s", " ".join(argv))
+    if not command:
+        os.execvp(argv[0], argv)  # interactive: hand the terminal to ssh
+    return subprocess.run(argv).returncode
+
+
+# -- parsing ----------------------------------------------------------------------------------------
+
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": cmd_validate,
+    "image build": cmd_image_build,
+    "image list": cmd_image_list,
+    "up": cmd_up,
+    "down": cmd_down,
+    "status": cmd_status,
+    "ssh": cmd_ssh,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ddc", description="Disaggregated-datacenter testbed on one host.")
+    ap.add_argument("--debug", action="store_true", help="log every command and show tracebacks")
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("validate", help="check a testbed file and print the resolved topology")
+    p.add_argument("file")
+
+    p = sub.add_parser("image", help="guest images")
+    isub = p.add_subparsers(dest="image_verb", required=True, metavar="ACTION")
+    b = isub.add_parser("build", help="build (or reuse from cache) a guest image")
+    b.add_argument("recipe", nargs="?", default="debian-bookworm")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    isub.add_parser("list", help="recipes and their cached images")
+
+    p = sub.add_parser("up", help="bring a testbed up and wait for SSH on every blade")
+    p.add_argument("file")
+    p.add_argument("--dry-run", action="store_true", help="print the domain XML and the plan; touch nothing")
+
+    p = sub.add_parser("down", help="remove everything `up` created (also after a failed up)")
+    p.add_argument("file", help="testbed file, or the testbed's name")
+
+    p = sub.add_parser("status", help="state of one testbed, or of all")
+    p.add_argument("file", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("ssh", help="a shell on a blade, or run one command and return its exit code")
+    p.add_argument("file")
+    p.add_argument("blade")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
+    return ap
+
+
+def parse(argv: Sequence[str]) -> Request:
+    args = parser().parse_args(argv)
+    verb = args.verb + (f" {args.image_verb}" if args.verb == "image" else "")
+    return Request(verb, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    req = parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if req.args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return VERBS[req.verb](req.args)
+    except KeyboardInterrupt:
+        ERR.print("ddc: interrupted; `ddc down FILE` removes whatever was created")
+        return 130
+    except DdcError as exc:
+        if req.args.debug:
+            raise
+        ERR.print(f"[bold red]ddc: error:[/bold red] {escape(exc.message)}")
+        if exc.hint:
+            ERR.print(f"[yellow]hint:[/yellow] {escape(exc.hint)}")
+        return 2 if isinstance(exc, SpecError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

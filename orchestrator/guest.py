@@ -1,0 +1,145 @@
+"""SSH into blades (fabric/paramiko): readiness, pinned host keys, remote commands.
+
+Blades are reached on 127.0.0.1 through QEMU port forwards. Each blade's host
+key was made by the host and is pinned in the testbed's known_hosts; an unknown
+or changed key is refused (paramiko RejectPolicy), never added.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from fabric import Connection
+from invoke.exceptions import CommandTimedOut, UnexpectedExit
+
+from .errors import GuestError
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    blade: str
+    port: int
+    key: Path
+    known_hosts: Path
+    host: str = "127.0.0.1"
+    user: str = "root"
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    def ssh_argv(self, *command: str, tty: bool = False) -> list[str]:
+        """argv for the OpenSSH client, with the same pinning as our own connections."""
+        argv = ["ssh", "-i", str(self.key), "-p", str(self.port),
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+        argv += ["-t"] if tty else []
+        argv.append(f"{self.user}@{self.host}")
+        if command:
+            argv += ["--", shlex.join(command)]
+        return argv
+
+
+def connect(ep: Endpoint, timeout: float = 10.0) -> Connection:
+    """An open fabric Connection to a blade, host key pinned."""
+    conn = Connection(ep.host, user=ep.user, port=ep.port, connect_timeout=timeout,
+                      connect_kwargs={"key_filename": str(ep.key), "look_for_keys": False,
+                                      "allow_agent": False, "banner_timeout": timeout,
+                                      "auth_timeout": timeout})
+    # fabric's own client trusts on first use and reads ~/.ssh/known_hosts; ours
+    # knows only the testbed's pinned keys and refuses anything else.
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(ep.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    conn.client = client
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException as exc:
+        conn.close()
+        raise GuestError(f"{ep.blade}: host key at {ep} does not match the pinned one",
+                         hint="another machine answers on that port; `ddc down` then `ddc up`") from exc
+    except (paramiko.SSHException, OSError) as exc:
+        conn.close()
+        raise GuestError(f"{ep.blade}: cannot log in at {ep}: {exc}") from exc
+    return conn
+
+
+def banner(ep: Endpoint, timeout: float = 1.0) -> bool:
+    """True once sshd itself answers (QEMU's forward accepts before the guest does)."""
+    try:
+        with socket.create_connection((ep.host, ep.port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def wait_ready(ep: Endpoint, timeout: float, alive: Callable[[], bool] | None = None,
+               poll: float = 0.2) -> float:
+    """Wait until the blade accepts our login and runs a command; return seconds waited.
+
+    ``alive`` is asked between polls so that a blade that died fails at once
+    instead of at the timeout.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    last_error = "no SSH banner yet"
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise GuestError(f"{ep.blade}: the blade stopped while booting")
+        if banner(ep):
+            try:
+                conn = connect(ep, timeout=max(1.0, deadline - time.monotonic()))
+                try:
+                    conn.run("true", hide=True, timeout=max(1.0, deadline - time.monotonic()))
+                finally:
+                    conn.close()
+                return time.monotonic() - start
+            except GuestError as exc:
+                last_error = str(exc)
+        time.sleep(poll)
+    raise GuestError(f"{ep.blade}: no SSH login at {ep} within {timeout:.0f} s ({last_error})")
+
+
+@dataclass(frozen=True)
+class Result:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run(conn: Connection, command: str, *, timeout: float | None = None, check: bool = True,
+        blade: str = "") -> Result:
+    """Run a shell command on a blade. On failure the error carries the command,
+    exit code and the last lines of stdout and stderr (invoke's UnexpectedExit shape)."""
+    start = time.monotonic()
+    try:
+        res = conn.run(command, hide=True, warn=not check, timeout=timeout, in_stream=False)
+    except CommandTimedOut as exc:
+        raise GuestError(f"{blade}: `{command}` timed out after {timeout} s") from exc
+    except UnexpectedExit as exc:
+        r = exc.result
+        raise GuestError(_failure(blade, command, r.exited, r.stdout, r.stderr)) from exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise GuestError(f"{blade}: `{command}`: connection lost: {exc}") from exc
+    return Result(command, res.exited, res.stdout, res.stderr, time.monotonic() - start)
+
+
+def _failure(blade: str, command: str, code: int, stdout: str, stderr: str) -> str:
+    lines = [f"{blade}: `{command}` exited with {code}"]
+    for name, text in (("stdout", stdout), ("stderr", stderr)):
+        tail = text.strip().splitlines()[-10:]
+        if tail:
+            lines.append(f"  last {name}:")
+            lines += [f"    {t}" for t in tail]
+    return "\n".join(lines)

@@ -1,0 +1,301 @@
+"""The testbed file: YAML in, frozen and validated models out.
+
+Everything a user can get wrong is caught here, before anything is created, and
+reported as one :class:`SpecError` whose message starts with the key path
+(``compute_blades[1].memory: '4X' is not a size; use e.g. 512M, 4G``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from .errors import SpecError
+
+M = TypeVar("M", bound=BaseModel)
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+_UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+SIZE_HINT = "use e.g. 512M, 4G (suffixes K, M, G, T; powers of 1024)"
+
+# Names become libvirt domain names, file names and hostnames: keep them boring.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+NAME_HINT = "use 1-32 letters, digits, '-' or '_', starting with a letter or digit"
+
+# Linux on x86-64 manages memory in 128 MiB sections; a smaller NUMA node is
+# not reliably reported by the guest, and QEMU wants 2 MiB-aligned backends.
+MIN_SLICE = 128 * MiB
+MIN_LOCAL = 256 * MiB
+ALIGN = 2 * MiB
+
+
+def parse_size(value: Any) -> int:
+    """``'4G'`` -> 4294967296. Integers are bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size; {SIZE_HINT}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
+        number, unit = m.groups()
+        size = int(float(number) * _UNITS[unit.upper()])
+    else:
+        raise ValueError(f"{value!r} is not a size; {SIZE_HINT}")
+    if size <= 0:
+        raise ValueError(f"{value!r} is not a positive size; {SIZE_HINT}")
+    if size % ALIGN:
+        rounded = format_size(size // ALIGN * ALIGN or ALIGN)
+        raise ValueError(f"{value!r} is not a multiple of 2M; round it, e.g. to {rounded}")
+    return size
+
+
+def format_size(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return str(size)
+
+
+def check_name(value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a safe name; {NAME_HINT}")
+    return value
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Name = Annotated[str, BeforeValidator(check_name)]
+
+
+class Accel(StrEnum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class MemoryBladeSpec(_Model):
+    name: Name
+    size: Size
+    latency_ns: int = Field(gt=0, le=1_000_000)
+    bandwidth_gbps: float | None = Field(default=None, gt=0, le=10_000)
+    # SLIT distance from a compute node; derived from the latency when absent.
+    distance: int | None = Field(default=None, ge=11, le=254)
+
+
+class RemoteSliceSpec(_Model):
+    blade: Name
+    size: Size
+
+
+class ComputeBladeSpec(_Model):
+    name: Name
+    vcpus: int = Field(ge=1, le=64)
+    memory: Size
+    remote: tuple[RemoteSliceSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ComputeBladeSpec:
+        if self.memory < MIN_LOCAL:
+            raise _KeyError("memory", f"{format_size(self.memory)} is too small to boot a guest; "
+                                      f"use at least {format_size(MIN_LOCAL)}")
+        for i, piece in enumerate(self.remote):
+            if piece.size < MIN_SLICE:
+                raise _KeyError(f"remote[{i}].size",
+                                f"{format_size(piece.size)} is smaller than a Linux memory section; "
+                                f"use at least {format_size(MIN_SLICE)}")
+        return self
+
+
+class TestbedSpec(_Model):
+    __test__ = False  # not a pytest class, despite the name
+    name: Name
+    accel: Accel = Accel.AUTO
+    image: Name = "debian-bookworm"
+    uri: str = "qemu:///system"
+    local_latency_ns: int = Field(default=100, gt=0, le=1_000_000)
+    local_bandwidth_gbps: float = Field(default=50.0, gt=0, le=10_000)
+    memory_blades: tuple[MemoryBladeSpec, ...] = ()
+    compute_blades: tuple[ComputeBladeSpec, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _rack(self) -> TestbedSpec:
+        seen: dict[str, str] = {}
+        for kind, names in (("memory_blades", [mb.name for mb in self.memory_blades]),
+                            ("compute_blades", [cb.name for cb in self.compute_blades])):
+            for i, name in enumerate(names):
+                if name in seen:
+                    raise _KeyError(f"{kind}[{i}].name", f"{name!r} is already the name of {seen[name]}; "
+                                                         "give every blade a unique name")
+                seen[name] = f"{kind}[{i}]"
+        pools = {mb.name: mb for mb in self.memory_blades}
+        used = dict.fromkeys(pools, 0)
+        for i, cb in enumerate(self.compute_blades):
+            for j, piece in enumerate(cb.remote):
+                where = f"compute_blades[{i}].remote[{j}]"
+                if piece.blade not in pools:
+                    known = ", ".join(pools) or "none defined"
+                    raise _KeyError(f"{where}.blade", f"{piece.blade!r} is not a memory blade "
+                                                      f"(memory_blades: {known}); name one of them")
+                pool = pools[piece.blade]
+                if piece.size > pool.size:
+                    raise _KeyError(f"{where}.size",
+                                    f"{format_size(piece.size)} is larger than memory blade "
+                                    f"{pool.name!r} ({format_size(pool.size)}); shrink the slice "
+                                    "or grow the blade")
+                used[piece.blade] += piece.size
+        for i, mb in enumerate(self.memory_blades):
+            if used[mb.name] > mb.size:
+                raise _KeyError(f"memory_blades[{i}].size",
+                                f"slices of {mb.name!r} add up to {format_size(used[mb.name])}, more "
+                                f"than its {format_size(mb.size)}; grow the blade or shrink the slices")
+        return self
+
+    def total_memory(self) -> int:
+        """Host RAM the rack needs: every blade's local memory plus every pool."""
+        return sum(cb.memory for cb in self.compute_blades) + sum(mb.size for mb in self.memory_blades)
+
+
+class _KeyError(ValueError):
+    """A model-level check that knows which key (relative to the model) is wrong."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+def load_testbed(path: str | Path) -> TestbedSpec:
+    """Read and validate a testbed file. Raises SpecError naming the file and key."""
+    path = Path(path)
+    data = load_yaml(path)
+    return validate(TestbedSpec, data, str(path))
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}",
+                        hint="check the path of the testbed file") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{where}: malformed YAML: {problem}",
+                        hint="fix the YAML syntax (indentation, ':' after keys, quotes)") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of keys at the top level, got "
+                        f"{type(data).__name__}", hint="start the file with 'name: ...'")
+    return data
+
+
+def validate(model: type[M], data: Any, source: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = _root_causes(exc.errors())
+        first = _describe(model, errors[0])
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise SpecError(f"{source}: {first}{more}") from exc
+
+
+def _root_causes(errors: list[Any]) -> list[Any]:
+    """Drop errors that only echo a deeper one (a list 'too short' because its item
+    failed), and put unknown keys first: a typo also makes the real key 'missing'."""
+    locs = [tuple(e["loc"]) for e in errors]
+    deepest = [e for e, loc in zip(errors, locs, strict=True)
+               if not any(len(o) > len(loc) and o[:len(loc)] == loc for o in locs)]
+    return sorted(deepest, key=lambda e: e["type"] != "extra_forbidden")
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _describe(model: type[BaseModel], error: Any) -> str:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    path = key_path(loc)
+    ctx = error.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, _KeyError):
+        full = key_path(loc + tuple(_split_key(cause.key)))
+        return f"{full}: {cause.message}"
+    if kind == "extra_forbidden":
+        fields = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        return f"{path}: unknown key; {guess}valid keys here: {', '.join(fields)}"
+    if kind == "missing":
+        return f"{path}: required key is missing; add it"
+    if kind == "value_error" and cause is not None:
+        return f"{path}: {cause}"
+    bad = error.get("input")
+    shown = repr(bad) if not isinstance(bad, dict | list) else type(bad).__name__
+    if kind == "too_short":
+        return f"{path}: is empty; add at least {ctx.get('min_length', 1)} entry"
+    if kind == "enum":
+        return f"{path}: {shown} is not valid; use one of {ctx.get('expected')}"
+    return f"{path}: {shown}: {error['msg']}"
+
+
+def _split_key(key: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for token in re.findall(r"[^.\[\]]+|\[\d+\]", key):
+        parts.append(int(token[1:-1]) if token.startswith("[") else token)
+    return parts
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at ``loc`` (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = _inner_model(field.annotation)
+        if current is None:
+            return []
+    return list(current.model_fields)
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,412 @@
+"""Testbed life cycle: up, down, status.
+
+``up`` journals every resource in the testbed state before creating it (see
+``state``), so whatever stops it (an error, a blade that never boots, Ctrl-C,
+a crash) leaves something ``down`` removes completely. ``down`` also sweeps by
+name (domains with the testbed's prefix and metadata, the testbed's pool
+directory), so it works even when the journal is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import image as images
+from . import keys, paths, pools, state
+from .errors import DdcError, HypervisorError, SpecError, StateError
+from .guest import Endpoint, wait_ready
+from .hypervisor import ABSENT, Hypervisor, kvm_works
+from .render import DomainConfig, domain_xml
+from .runner import run
+from .spec import TestbedSpec, format_size, load_testbed
+from .state import BladeRecord, Phase, TestbedState
+from .topology import ComputeBlade, Rack, check_fits_host, host_memory, resolve
+
+LOG = logging.getLogger(__name__)
+
+BOOT_TIMEOUT = float(os.environ.get("DDC_BOOT_TIMEOUT", "240"))
+
+Say = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    spec_file: Path
+    spec: TestbedSpec
+    rack: Rack
+    digest: str
+
+
+def plan(spec_file: str | Path) -> Plan:
+    """Parse, validate and resolve a testbed file; touch nothing."""
+    path = Path(spec_file)
+    spec = load_testbed(path)
+    check_fits_host(spec, host_memory(), str(path))
+    digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+    return Plan(path.resolve(), spec, resolve(spec, paths.pool_root()), digest)
+
+
+def testbed_name(file_or_name: str) -> str:
+    """``down``/``status`` take a testbed file, or the bare name of a testbed whose
+    file is gone or broken."""
+    if Path(file_or_name).is_file():
+        return plan(file_or_name).rack.name
+    if state.load(file_or_name) is not None or Path(file_or_name).name == file_or_name:
+        from .spec import check_name
+        try:
+            return check_name(file_or_name)
+        except ValueError as exc:
+            raise SpecError(f"{file_or_name}: no such testbed file, and {exc}") from exc
+    raise SpecError(f"{file_or_name}: no such testbed file", hint="give the YAML file used with `ddc up`")
+
+
+# -- up ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BladeView:
+    """One compute blade as `up` and `status` report it."""
+
+    name: str
+    domain: str
+    state: str
+    endpoint: str
+    nodes: list[dict[str, Any]]
+    boot_s: float | None = None
+
+
+def up(spec_file: str | Path, *, say: Say = _quiet, boot_timeout: float = BOOT_TIMEOUT) -> list[BladeView]:
+    p = plan(spec_file)
+    rack = p.rack
+    with state.locked(rack.name):
+        old = state.load(rack.name)
+        if old is not None:
+            return _already_up(old, rack, say)
+        _check_pool_room(rack)
+        say(f"image {rack.image}")
+        img = images.build_image(rack.image, progress=say)
+        accel = choose_accel(rack.accel, img.kernel, say)
+        st = TestbedState(name=rack.name, spec_file=str(p.spec_file), spec_digest=p.digest,
+                          uri=rack.uri, accel=accel)
+        st.save()
+        try:
+            with Hypervisor(rack.uri) as hv:
+                boot = _create(rack, st, img, hv, say, boot_timeout)
+        except BaseException as exc:
+            # Keep the journal (and console logs) for `down` and for a post-mortem,
+            # but stop the guests: a half-booted rack only burns CPU.
+            st.phase = Phase.FAILED
+            st.error = str(exc) or type(exc).__name__
+            st.save()
+            _stop_all(st)
+            if isinstance(exc, DdcError):
+                exc.hint = exc.hint or f"`ddc down {spec_file}` removes what was created"
+            raise
+        st.phase = Phase.UP
+        st.save()
+    return [_view(st, name, "running", boot.get(name)) for name in st.blades]
+
+
+def _already_up(old: TestbedState, rack: Rack, say: Say) -> list[BladeView]:
+    if old.phase != Phase.UP:
+        raise StateError(f"testbed {rack.name!r} is in state {old.phase!r} from an `up` that did not finish"
+                         + (f" ({old.error})" if old.error else ""),
+                         hint=f"run `ddc down {old.spec_file}` first")
+    views = status_of(old)
+    if any(v.state != "running" for v in views):
+        raise StateError(f"testbed {rack.name!r} is up, but not every blade is running: "
+                         + ", ".join(f"{v.name} {v.state}" for v in views),
+                         hint=f"`ddc down {old.spec_file}` and `ddc up` again")
+    say(f"testbed {rack.name} is already up; nothing changed")
+    return views
+
+
+def choose_accel(wanted: str, kernel: Path, say: Say = _quiet) -> str:
+    if wanted == "tcg":
+        return "tcg"
+    works = kvm_works(kernel)
+    if wanted == "kvm" and not works:
+        raise HypervisorError("accel: kvm was asked for, but KVM cannot boot a guest on this host "
+                              "(trial boot failed or hung)",
+                              hint="use `accel: tcg` or `accel: auto`; check /dev/kvm and nested virtualization")
+    accel = "kvm" if works else "tcg"
+    if wanted == "auto":
+        say(f"accelerator: {accel} (KVM trial boot {'worked' if works else 'failed'})")
+    return accel
+
+
+def _check_pool_room(rack: Rack) -> None:
+    need = sum(mb.size for mb in rack.memory_blades)
+    root = paths.pool_root()
+    probe = root if root.exists() else root.parent
+    free = pools.shm_free(probe)
+    if need > free:
+        raise SpecError(f"memory_blades[*].size: the pools need {format_size(need)} but {probe} has only "
+                        f"{format_size(free // (1 << 20) << 20)} free",
+                        hint="shrink the memory blades, or free /dev/shm")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _create(rack: Rack, st: TestbedState, img: images.GuestImage, hv: Hypervisor, say: Say,
+            boot_timeout: float) -> dict[str, float]:
+    st.directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+    for blade in rack.compute_blades:
+        st.blades[blade.name] = BladeRecord(domain=blade.domain, ssh_port=free_port(),
+                                            nodes=_layout(blade))
+    st.save()
+
+    st.record("file", path=st.client_key)
+    client_pub = keys.write_keypair(st.client_key, f"ddc@{rack.name}")
+    st.record("file", path=st.known_hosts)
+
+    st.record("dir", path=paths.pool_root() / rack.name)
+    for mb in rack.memory_blades:
+        st.record("pool", path=mb.pool_dir)
+        pools.create_pool(mb)
+        for piece in mb.slices:
+            st.record("file", path=piece.path)
+            pools.create_slice(piece)
+        say(f"memory blade {mb.name}: {format_size(mb.size)} pool, {len(mb.slices)} slices")
+
+    known: list[str] = []
+    configs = []
+    for blade in rack.compute_blades:
+        port = st.blades[blade.name].ssh_port
+        bdir = st.blade_dir(blade.name)
+        st.record("dir", path=bdir)
+        bdir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        os.chmod(bdir.parent, 0o711)
+        host_key = bdir / "ssh_host_ed25519_key"
+        known.append(keys.known_hosts_line(port, keys.write_keypair(host_key, f"root@{blade.name}")))
+        (bdir / "hostname").write_text(blade.name + "\n")
+        (bdir / "authorized_keys").write_text(client_pub + "\n")
+        for f in (host_key, bdir / "hostname", bdir / "authorized_keys"):
+            pools.hand_to_qemu(f)
+        overlay = bdir / "root.qcow2"
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(img.rootfs), str(overlay)])
+        configs.append(domain_config(rack, blade, st, img, bdir))
+    st.known_hosts.write_text("\n".join(known) + "\n")
+
+    for cfg in configs:
+        xml = domain_xml(cfg)
+        (st.blade_dir(cfg.blade.name) / "domain.xml").write_text(xml)
+        st.record("domain", name=cfg.blade.domain)
+        hv.define(xml)
+        # Paused first: later stages (the latency plugin's address map) need the
+        # memory layout before the guest runs.
+        hv.start(cfg.blade.domain, paused=True)
+        hv.resume(cfg.blade.domain)
+        say(f"compute blade {cfg.blade.name}: started ({st.accel}), ssh on 127.0.0.1:{cfg.ssh_port}")
+
+    return _wait_all(rack, st, hv, say, boot_timeout)
+
+
+def domain_config(rack: Rack, blade: ComputeBlade, st: TestbedState, img: images.GuestImage,
+                  bdir: Path) -> DomainConfig:
+    return DomainConfig(
+        testbed=rack.name, blade=blade, accel=st.accel, kernel=img.kernel, initrd=img.initrd,
+        cmdline=img.cmdline, disk=bdir / "root.qcow2", console_log=bdir / "console.log",
+        ssh_port=st.blades[blade.name].ssh_port,
+        fw_cfg=(("opt/ddc/hostname", bdir / "hostname"),
+                ("opt/ddc/ssh_host_ed25519_key", bdir / "ssh_host_ed25519_key"),
+                ("opt/ddc/authorized_keys", bdir / "authorized_keys")))
+
+
+def endpoint(st: TestbedState, blade: str) -> Endpoint:
+    rec = st.blades.get(blade)
+    if rec is None:
+        raise SpecError(f"testbed {st.name!r} has no compute blade {blade!r}",
+                        hint=f"use one of: {', '.join(st.blades)}")
+    return Endpoint(blade=blade, port=rec.ssh_port, key=st.client_key, known_hosts=st.known_hosts)
+
+
+def _wait_all(rack: Rack, st: TestbedState, hv: Hypervisor, say: Say, timeout: float) -> dict[str, float]:
+    def one(blade: ComputeBlade) -> float:
+        def alive() -> bool:
+            return hv.state(blade.domain) in ("running", "paused", "blocked")
+        try:
+            seconds = wait_ready(endpoint(st, blade.name), timeout, alive)
+        except DdcError as exc:
+            exc.message += "\n" + console_tail(st, blade.name)
+            raise
+        say(f"compute blade {blade.name}: SSH ready after {seconds:.1f} s")
+        return seconds
+
+    with ThreadPoolExecutor(max_workers=len(rack.compute_blades)) as pool:
+        futures = {b.name: pool.submit(one, b) for b in rack.compute_blades}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def console_tail(st: TestbedState, blade: str, lines: int = 15) -> str:
+    log = st.blade_dir(blade) / "console.log"
+    try:
+        tail = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return f"(no console log at {log})"
+    return f"last lines of {log}:\n" + "\n".join("  " + t for t in tail)
+
+
+def _layout(blade: ComputeBlade) -> list[dict[str, Any]]:
+    return [{"node": n.id, "size": n.size, "cpus": list(n.cpus), "latency_ns": n.latency_ns,
+             "bandwidth_gbps": n.bandwidth_gbps, "memory_blade": n.memory_blade,
+             "distance": blade.distances[0][n.id]} for n in blade.nodes]
+
+
+# -- down -------------------------------------------------------------------------------------------
+
+def down(name: str, *, say: Say = _quiet, uri: str | None = None) -> None:
+    """Remove everything `up` created for testbed ``name``; safe to repeat."""
+    with state.locked(name):
+        st = state.load(name)
+        if st is not None:
+            st.phase = Phase.DESTROYING
+            st.save()
+            uri = st.uri
+        _remove_domains(name, uri or "qemu:///system", say)
+        if st is not None:
+            for res in reversed(st.resources):
+                _remove(res)
+        _sweep(name)
+        say(f"testbed {name} is down")
+    (paths.state_root() / f"{name}.lock").unlink(missing_ok=True)
+
+
+def _remove_domains(name: str, uri: str, say: Say) -> None:
+    with Hypervisor(uri) as hv:
+        for dom in hv.domains(f"ddc-{name}-"):
+            if hv.testbed_of(dom) == name:
+                hv.undefine(dom)
+                say(f"removed domain {dom}")
+
+
+def _remove(res: dict[str, Any]) -> None:
+    kind = res["kind"]
+    path = Path(res.get("path", ""))
+    if kind == "pool":
+        pools.remove_pool(path)
+    elif kind == "file":
+        path.unlink(missing_ok=True)
+        Path(f"{path}.pub").unlink(missing_ok=True)
+    elif kind == "dir":
+        shutil.rmtree(path, ignore_errors=True)
+    # "domain": removed by _remove_domains, which also finds unjournaled ones.
+
+
+def _sweep(name: str) -> None:
+    """Whatever the journal missed: mounts and files under the testbed's pool root,
+    and the state directory."""
+    root = paths.pool_root() / name
+    if root.exists():
+        for sub in sorted(root.iterdir()):
+            if sub.is_dir():
+                pools.remove_pool(sub)
+        shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(state.testbed_dir(name), ignore_errors=True)
+
+
+def _stop_all(st: TestbedState) -> None:
+    try:
+        with Hypervisor(st.uri) as hv:
+            for rec in st.blades.values():
+                hv.destroy(rec.domain)
+    except DdcError as exc:
+        LOG.warning("could not stop the blades of %s: %s", st.name, exc)
+
+
+# -- status -----------------------------------------------------------------------------------------
+
+def status_of(st: TestbedState) -> list[BladeView]:
+    try:
+        with Hypervisor(st.uri) as hv:
+            states = {name: hv.state(rec.domain) for name, rec in st.blades.items()}
+    except HypervisorError:
+        states = dict.fromkeys(st.blades, "unknown (libvirt unreachable)")
+    return [_view(st, name, states.get(name, ABSENT)) for name in st.blades]
+
+
+def _view(st: TestbedState, name: str, dom_state: str, boot_s: float | None = None) -> BladeView:
+    rec = st.blades[name]
+    return BladeView(name=name, domain=rec.domain, state=dom_state, endpoint=f"127.0.0.1:{rec.ssh_port}",
+                     nodes=rec.nodes, boot_s=boot_s)
+
+
+def status(name: str | None = None) -> list[dict[str, Any]]:
+    """One dict per testbed (all of them when ``name`` is None), JSON-ready."""
+    names = [name] if name else state.names()
+    out = []
+    for n in names:
+        st = state.load(n)
+        if st is None:
+            if name:
+                raise StateError(f"testbed {n!r} is not up", hint="`ddc up FILE` brings it up")
+            continue
+        out.append({"name": st.name, "phase": st.phase, "accel": st.accel, "uri": st.uri,
+                    "spec_file": st.spec_file, "since": time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                      time.localtime(st.created_at)),
+                    "error": st.error,
+                    "blades": [v.__dict__ for v in status_of(st)]})
+    return out
+
+
+def load_up(name: str) -> TestbedState:
+    st = state.load(name)
+    if st is None or st.phase != Phase.UP:
+        raise StateError(f"testbed {name!r} is not up", hint="`ddc up FILE` brings it up")
+    return st
+
+
+# -- dry run ----------------------------------------------------------------------------------------
+
+def dry_run(spec_file: str | Path) -> str:
+    """What `up` would create, with each blade's domain XML; touches nothing
+    (no image build, no KVM probe, no port chosen)."""
+    p = plan(spec_file)
+    rack = p.rack
+    img = images.cached_image(rack.image)
+    lines = [f"# ddc up --dry-run {spec_file}: nothing below exists yet"]
+    if img is None:
+        digest = images.image_digest(rack.image)
+        lines.append(f"would build image {rack.image} (digest {digest[:12]}) into {paths.image_cache()}")
+        img = images.GuestImage(recipe=rack.image, digest=digest, directory=paths.image_cache() / "<new>",
+                                rootfs=paths.image_cache() / "<new>/rootfs.qcow2",
+                                kernel=paths.image_cache() / "<new>/vmlinuz", initrd=None,
+                                cmdline="<from the image recipe>")
+    else:
+        lines.append(f"would use cached image {img.directory}")
+    accel = rack.accel if rack.accel != "auto" else "auto (KVM trial boot at up; shown as tcg)"
+    lines.append(f"accelerator: {accel}; libvirt: {rack.uri}")
+    st = TestbedState(name=rack.name, spec_file=str(p.spec_file), spec_digest=p.digest, uri=rack.uri,
+                      accel="kvm" if rack.accel == "kvm" else "tcg")
+    lines.append(f"would create state directory {st.directory} (client key, known_hosts, per-blade files)")
+    for mb in rack.memory_blades:
+        lines.append(f"would mount pool {mb.pool_dir} (tmpfs, quota {format_size(mb.size)})")
+        for piece in mb.slices:
+            lines.append(f"  slice {piece.path}: {format_size(piece.size)} -> {piece.compute_blade} "
+                         f"node {piece.node}")
+    for blade in rack.compute_blades:
+        st.blades[blade.name] = BladeRecord(domain=blade.domain, ssh_port=0)
+        bdir = st.blade_dir(blade.name)
+        lines.append(f"would define and start domain {blade.domain} (overlay {bdir / 'root.qcow2'}, "
+                     "SSH port chosen at up; shown as 0)")
+        lines.append(domain_xml(domain_config(rack, blade, st, img, bdir)))
+    return "\n".join(lines)
