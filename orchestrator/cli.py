@@ -27,8 +27,8 @@ from .guest import Endpoint
 from .spec import format_size
 
 LOG = logging.getLogger("ddc")
-OUT = Console(highlight=False)
-ERR = Console(stderr=True, highlight=False)
+OUT = Console(highlight=False, soft_wrap=True)
+ERR = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def cmd_image_list(a: argparse.Namespace) -> int:
 
 def cmd_up(a: argparse.Namespace) -> int:
     if a.dry_run:
-        OUT.print(testbed.dry_run(a.file), markup=False)
+        print(testbed.dry_run(a.file))
         return 0
     views = testbed.up(a.file, say=_say)
     _print_blades(views)
@@ -100,12 +100,13 @@ def cmd_up(a: argparse.Namespace) -> int:
 
 
 def _print_blades(views: list[testbed.BladeView]) -> None:
-    t = Table("blade", "domain", "state", "ssh", "boot", "NUMA layout")
+    t = Table("blade", "domain", "state", "ssh", "boot", "NUMA nodes")
+    t.columns[3].no_wrap = True
     for v in views:
-        layout = "; ".join(
-            f"node{n['node']} {format_size(n['size'])} "
-            + (f"cpus {n['cpus'][0]}-{n['cpus'][-1]}" if n["cpus"] else f"{n['memory_blade']} no cpus")
-            + f" {n['latency_ns']}ns d={n['distance']}" for n in v.nodes)
+        layout = "\n".join(
+            f"node{n['node']}: {format_size(n['size'])}, "
+            + (f"cpus {n['cpus'][0]}-{n['cpus'][-1]}" if n["cpus"] else f"{n['memory_blade']}")
+            + f", {n['latency_ns']} ns, d={n['distance']}" for n in v.nodes)
         t.add_row(v.name, v.domain, v.state, f"root@{v.endpoint}",
                   f"{v.boot_s:.1f} s" if v.boot_s is not None else "-", layout)
     OUT.print(t)

@@ -99,7 +99,7 @@ def wait_ready(ep: Endpoint, timeout: float, alive: Callable[[], bool] | None = 
             try:
                 conn = connect(ep, timeout=max(1.0, deadline - time.monotonic()))
                 try:
-                    conn.run("true", hide=True, timeout=max(1.0, deadline - time.monotonic()))
+                    run(conn, "true", timeout=max(1.0, deadline - time.monotonic()), blade=ep.blade)
                 finally:
                     conn.close()
                 return time.monotonic() - start

@@ -55,6 +55,10 @@ def hmat_bandwidth(gbps: float) -> int:
     return max(1, round(gbps * 1e9 / MiB)) * MiB
 
 
+def _json(obj: dict[str, object]) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
 def qemu_args(d: DomainConfig) -> list[str]:
     """QEMU arguments libvirt cannot express: remote NUMA nodes, SLIT, HMAT, network."""
     blade = d.blade
@@ -62,7 +66,7 @@ def qemu_args(d: DomainConfig) -> list[str]:
     for node in blade.remote_nodes:
         backend = {"qom-type": "memory-backend-file", "id": f"ddc-node{node.id}",
                    "mem-path": str(node.backing), "size": node.size, "share": True}
-        args += ["-object", json.dumps(backend, separators=(",", ":")),
+        args += ["-object", _json(backend),
                  "-numa", f"node,nodeid={node.id},memdev=ddc-node{node.id},initiator=0"]
     n = len(blade.nodes)
     if n > 1:
@@ -77,8 +81,10 @@ def qemu_args(d: DomainConfig) -> list[str]:
                 args += ["-numa", f"{lb},data-type=access-bandwidth,bandwidth={hmat_bandwidth(node.bandwidth_gbps)}"]
     # User-mode networking with one port forward on loopback: no bridge, no NAT
     # rules on the host, and nothing reachable from outside.
+    # The device in JSON syntax: QEMU 7.2 creates key=value -devices before JSON
+    # ones, so a key=value NIC would take a PCI slot libvirt has assigned.
     args += ["-netdev", f"user,id=ddcnet0,hostfwd=tcp:127.0.0.1:{d.ssh_port}-:22",
-             "-device", "virtio-net-pci,netdev=ddcnet0"]
+             "-device", _json({"driver": "virtio-net-pci", "netdev": "ddcnet0", "id": "ddcnic0"})]
     args += list(d.extra_args)
     return args
 

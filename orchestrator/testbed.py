@@ -9,11 +9,13 @@ directory), so it works even when the journal is gone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -241,20 +243,28 @@ def endpoint(st: TestbedState, blade: str) -> Endpoint:
 
 
 def _wait_all(rack: Rack, st: TestbedState, hv: Hypervisor, say: Say, timeout: float) -> dict[str, float]:
+    """Wait for every blade's SSH in parallel; the first failure (or Ctrl-C) stops all waits."""
+    stop = threading.Event()
+
     def one(blade: ComputeBlade) -> float:
         def alive() -> bool:
-            return hv.state(blade.domain) in ("running", "paused", "blocked")
+            return not stop.is_set() and hv.state(blade.domain) in ("running", "paused", "blocked")
         try:
             seconds = wait_ready(endpoint(st, blade.name), timeout, alive)
         except DdcError as exc:
-            exc.message += "\n" + console_tail(st, blade.name)
+            if not stop.is_set():
+                exc.message += "\n" + console_tail(st, blade.name)
             raise
         say(f"compute blade {blade.name}: SSH ready after {seconds:.1f} s")
         return seconds
 
-    with ThreadPoolExecutor(max_workers=len(rack.compute_blades)) as pool:
+    pool = ThreadPoolExecutor(max_workers=len(rack.compute_blades), thread_name_prefix="wait-ssh")
+    try:
         futures = {b.name: pool.submit(one, b) for b in rack.compute_blades}
         return {name: f.result() for name, f in futures.items()}
+    finally:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def console_tail(st: TestbedState, blade: str, lines: int = 15) -> str:
@@ -321,6 +331,8 @@ def _sweep(name: str) -> None:
             if sub.is_dir():
                 pools.remove_pool(sub)
         shutil.rmtree(root, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        root.parent.rmdir()  # the shared pool root, once no testbed uses it
     shutil.rmtree(state.testbed_dir(name), ignore_errors=True)
 
 

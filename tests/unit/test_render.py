@@ -58,6 +58,8 @@ def test_remote_node_arguments() -> None:
             f"bandwidth={hmat_bandwidth(16)}") in numa
     assert ("-machine", "hmat=on") in pairs
     assert ("-netdev", "user,id=ddcnet0,hostfwd=tcp:127.0.0.1:40022-:22") in pairs
+    nic = json.loads(dict(pairs)["-device"])  # JSON, or QEMU creates it before libvirt's devices
+    assert nic == {"driver": "virtio-net-pci", "netdev": "ddcnet0", "id": "ddcnic0"}
 
 
 def test_qemu_args_reach_the_xml_escaped() -> None:

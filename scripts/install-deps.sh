@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install what ddc-testbed needs on Debian 12 (as root): QEMU, libvirt, image
+# tools, build tools; then make sure libvirtd answers. Safe to run again.
+set -euo pipefail
+
+PACKAGES=(
+  qemu-system-x86 qemu-utils qemu-user            # blades; qemu-user runs plugin unit tests
+  libvirt-daemon-system libvirt-dev pkg-config    # engine; libvirt-python builds against libvirt-dev
+  mmdebstrap e2fsprogs cpio zstd                  # guest images
+  openssh-client                                  # `ddc ssh`
+  gcc make dpkg-dev libglib2.0-dev                # the plugin and the probes
+  python3-venv
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "+ apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+exec "$(dirname "$0")/start-libvirtd.sh"
