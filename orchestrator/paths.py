@@ -25,3 +25,8 @@ def state_root() -> Path:
 
 def pool_root() -> Path:
     return Path(os.environ.get("DDC_POOL_ROOT", "/dev/shm/ddc"))
+
+
+def run_root() -> Path:
+    """Sockets and other runtime files (short paths: AF_UNIX allows 107 bytes)."""
+    return Path(os.environ.get("DDC_RUN_DIR", "/run/ddc"))

@@ -41,11 +41,11 @@ def qemu_user() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def hand_to_qemu(path: Path) -> None:
-    """Make a root-made file readable by QEMU, and by nobody else."""
+def hand_to_qemu(path: Path, mode: int = 0o600) -> None:
+    """Give a root-made file (or directory) to QEMU's user, and to nobody else."""
     uid, gid = qemu_user()
     os.chown(path, uid, gid)
-    os.chmod(path, 0o600)
+    os.chmod(path, mode)
 
 
 def is_mounted(path: Path) -> bool:

@@ -47,8 +47,8 @@ MIN_LOCAL = 256 * MiB
 ALIGN = 2 * MiB
 
 
-def parse_size(value: Any) -> int:
-    """``'4G'`` -> 4294967296. Integers are bytes."""
+def parse_bytes(value: Any) -> int:
+    """``'32K'`` -> 32768. Integers are bytes."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a size; {SIZE_HINT}")
     if isinstance(value, int):
@@ -60,6 +60,12 @@ def parse_size(value: Any) -> int:
         raise ValueError(f"{value!r} is not a size; {SIZE_HINT}")
     if size <= 0:
         raise ValueError(f"{value!r} is not a positive size; {SIZE_HINT}")
+    return size
+
+
+def parse_size(value: Any) -> int:
+    """A memory size: ``'4G'`` -> 4294967296, a multiple of 2 MiB."""
+    size = parse_bytes(value)
     if size % ALIGN:
         rounded = format_size(size // ALIGN * ALIGN or ALIGN)
         raise ValueError(f"{value!r} is not a multiple of 2M; round it, e.g. to {rounded}")
@@ -80,6 +86,7 @@ def check_name(value: Any) -> str:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 Name = Annotated[str, BeforeValidator(check_name)]
 
 
@@ -91,6 +98,46 @@ class Accel(StrEnum):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class Mode(StrEnum):
+    """What the latency plugin does with the time remote accesses cost."""
+
+    INJECT = "inject"  # stall the vCPU for real: programs and their clocks see it
+    ACCOUNT = "account"  # add it to a modelled clock only (fast runs)
+    OFF = "off"  # no plugin: plain TCG speed, NUMA/HMAT topology only
+
+
+class Scope(StrEnum):
+    PRIVATE = "private"  # one per vCPU
+    SHARED = "shared"  # one per compute blade
+
+
+MAX_CACHE_LEVELS = 4  # the plugin's limit
+
+
+class CacheLevelSpec(_Model):
+    name: Name
+    size: Bytes
+    ways: int = Field(ge=1, le=64)
+    line: int = Field(default=64, ge=8, le=4096)
+    scope: Scope = Scope.PRIVATE
+
+    @model_validator(mode="after")
+    def _shape(self) -> CacheLevelSpec:
+        if self.line & (self.line - 1):
+            raise _KeyError("line", f"{self.line} is not a power of two; use e.g. 64")
+        if self.size % (self.ways * self.line):
+            raise _KeyError("size", f"{format_size(self.size)} is not a multiple of ways x line "
+                                    f"({self.ways} x {self.line}); change the size or the ways")
+        return self
+
+
+DEFAULT_CACHES = (
+    CacheLevelSpec(name="l1d", size=32 * KiB, ways=8, line=64, scope=Scope.PRIVATE),
+    CacheLevelSpec(name="l2", size=1 * MiB, ways=16, line=64, scope=Scope.PRIVATE),
+    CacheLevelSpec(name="llc", size=16 * MiB, ways=16, line=64, scope=Scope.SHARED),
+)
 
 
 class MemoryBladeSpec(_Model):
@@ -134,6 +181,8 @@ class TestbedSpec(_Model):
     uri: str = "qemu:///system"
     local_latency_ns: int = Field(default=100, gt=0, le=1_000_000)
     local_bandwidth_gbps: float = Field(default=50.0, gt=0, le=10_000)
+    mode: Mode = Mode.INJECT
+    caches: tuple[CacheLevelSpec, ...] = Field(default=DEFAULT_CACHES, max_length=MAX_CACHE_LEVELS)
     memory_blades: tuple[MemoryBladeSpec, ...] = ()
     compute_blades: tuple[ComputeBladeSpec, ...] = Field(min_length=1)
 
@@ -147,6 +196,7 @@ class TestbedSpec(_Model):
                     raise _KeyError(f"{kind}[{i}].name", f"{name!r} is already the name of {seen[name]}; "
                                                          "give every blade a unique name")
                 seen[name] = f"{kind}[{i}]"
+        self._check_caches()
         pools = {mb.name: mb for mb in self.memory_blades}
         used = dict.fromkeys(pools, 0)
         for i, cb in enumerate(self.compute_blades):
@@ -169,6 +219,21 @@ class TestbedSpec(_Model):
                                 f"slices of {mb.name!r} add up to {format_size(used[mb.name])}, more "
                                 f"than its {format_size(mb.size)}; grow the blade or shrink the slices")
         return self
+
+    def _check_caches(self) -> None:
+        names: set[str] = set()
+        shared_seen = False
+        for i, level in enumerate(self.caches):
+            if level.name in names:
+                raise _KeyError(f"caches[{i}].name", f"{level.name!r} is used twice; name each level once")
+            names.add(level.name)
+            if level.scope == Scope.SHARED:
+                shared_seen = True
+            elif shared_seen:
+                raise _KeyError(f"caches[{i}].scope", "a private level cannot come after a shared one; "
+                                                      "list the levels nearest first")
+        if self.caches and self.caches[0].scope != Scope.PRIVATE:
+            raise _KeyError("caches[0].scope", "the first level must be private (one per vCPU)")
 
     def total_memory(self) -> int:
         """Host RAM the rack needs: every blade's local memory plus every pool."""

@@ -49,6 +49,7 @@ class TestbedState:
     spec_digest: str
     uri: str
     accel: str = ""
+    plugin: bool = False  # blades run the latency plugin (TCG and mode != off)
     phase: str = Phase.CREATING
     created_at: float = field(default_factory=time.time)
     blades: dict[str, BladeRecord] = field(default_factory=dict)
@@ -62,6 +63,17 @@ class TestbedState:
 
     def blade_dir(self, blade: str) -> Path:
         return self.directory / "blades" / blade
+
+    @property
+    def run_dir(self) -> Path:
+        """Written by QEMU (as libvirt's QEMU user): plugin sockets and final stats."""
+        return paths.run_root() / self.name
+
+    def plugin_socket(self, blade: str) -> Path:
+        return self.run_dir / f"{blade}.sock"
+
+    def plugin_stats(self, blade: str) -> Path:
+        return self.run_dir / f"{blade}.stats.json"
 
     @property
     def client_key(self) -> Path:

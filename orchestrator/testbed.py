@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import image as images
-from . import keys, paths, pools, state
+from . import keys, memmap, paths, plugin, pools, state
 from .errors import DdcError, HypervisorError, SpecError, StateError
 from .guest import Endpoint, wait_ready
 from .hypervisor import ABSENT, Hypervisor, kvm_works
@@ -103,12 +103,17 @@ def up(spec_file: str | Path, *, say: Say = _quiet, boot_timeout: float = BOOT_T
         say(f"image {rack.image}")
         img = images.build_image(rack.image, progress=say)
         accel = choose_accel(rack.accel, img.kernel, say)
+        use_plugin = rack.mode != "off" and accel == "tcg"
+        if rack.mode != "off" and not use_plugin:
+            say(f"mode {rack.mode}: the latency plugin needs TCG and cannot run under KVM; the blades get "
+                "the NUMA/HMAT topology without latency injection or statistics")
+        lib = plugin.library() if use_plugin else None
         st = TestbedState(name=rack.name, spec_file=str(p.spec_file), spec_digest=p.digest,
-                          uri=rack.uri, accel=accel)
+                          uri=rack.uri, accel=accel, plugin=use_plugin)
         st.save()
         try:
             with Hypervisor(rack.uri) as hv:
-                boot = _create(rack, st, img, hv, say, boot_timeout)
+                boot = _create(rack, st, img, lib, hv, say, boot_timeout)
         except BaseException as exc:
             # Keep the journal (and console logs) for `down` and for a post-mortem,
             # but stop the guests: a half-booted rack only burns CPU.
@@ -169,9 +174,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _create(rack: Rack, st: TestbedState, img: images.GuestImage, hv: Hypervisor, say: Say,
+def _create(rack: Rack, st: TestbedState, img: images.GuestImage, lib: Path | None, hv: Hypervisor, say: Say,
             boot_timeout: float) -> dict[str, float]:
     st.directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+    if lib is not None:
+        st.record("dir", path=st.run_dir)
+        st.run_dir.mkdir(parents=True, exist_ok=True)
+        pools.hand_to_qemu(st.run_dir, mode=0o700)
     for blade in rack.compute_blades:
         st.blades[blade.name] = BladeRecord(domain=blade.domain, ssh_port=free_port(),
                                             nodes=_layout(blade))
@@ -206,7 +215,7 @@ def _create(rack: Rack, st: TestbedState, img: images.GuestImage, hv: Hypervisor
             pools.hand_to_qemu(f)
         overlay = bdir / "root.qcow2"
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(img.rootfs), str(overlay)])
-        configs.append(domain_config(rack, blade, st, img, bdir))
+        configs.append(domain_config(rack, blade, st, img, bdir, lib))
     st.known_hosts.write_text("\n".join(known) + "\n")
 
     for cfg in configs:
@@ -217,21 +226,36 @@ def _create(rack: Rack, st: TestbedState, img: images.GuestImage, hv: Hypervisor
         # Paused first: later stages (the latency plugin's address map) need the
         # memory layout before the guest runs.
         hv.start(cfg.blade.domain, paused=True)
+        if lib is not None:
+            _load_map(hv, st, cfg.blade)
         hv.resume(cfg.blade.domain)
         say(f"compute blade {cfg.blade.name}: started ({st.accel}), ssh on 127.0.0.1:{cfg.ssh_port}")
 
     return _wait_all(rack, st, hv, say, boot_timeout)
 
 
+def _load_map(hv: Hypervisor, st: TestbedState, blade: ComputeBlade) -> None:
+    """Give the paused blade's plugin its address map, in the plugin's terms."""
+    ranges = memmap.plugin_map(blade, hv.hmp(blade.domain, "info ramblock"), hv.hmp(blade.domain, "info mtree"))
+    with plugin.Control(st.plugin_socket(blade.name)) as ctl:
+        ctl.set_map(ranges)
+    LOG.debug("%s: plugin map %s", blade.name, [r.as_json() for r in ranges])
+
+
 def domain_config(rack: Rack, blade: ComputeBlade, st: TestbedState, img: images.GuestImage,
-                  bdir: Path) -> DomainConfig:
+                  bdir: Path, lib: Path | None = None) -> DomainConfig:
+    extra: tuple[str, ...] = ()
+    if lib is not None:
+        extra = ("-plugin", plugin.plugin_arg(rack, blade, lib, st.plugin_socket(blade.name),
+                                              st.plugin_stats(blade.name)))
     return DomainConfig(
         testbed=rack.name, blade=blade, accel=st.accel, kernel=img.kernel, initrd=img.initrd,
         cmdline=img.cmdline, disk=bdir / "root.qcow2", console_log=bdir / "console.log",
         ssh_port=st.blades[blade.name].ssh_port,
         fw_cfg=(("opt/ddc/hostname", bdir / "hostname"),
                 ("opt/ddc/ssh_host_ed25519_key", bdir / "ssh_host_ed25519_key"),
-                ("opt/ddc/authorized_keys", bdir / "authorized_keys")))
+                ("opt/ddc/authorized_keys", bdir / "authorized_keys")),
+        extra_args=extra)
 
 
 def endpoint(st: TestbedState, blade: str) -> Endpoint:
@@ -337,6 +361,7 @@ def _sweep(name: str) -> None:
     with contextlib.suppress(OSError):
         root.parent.rmdir()  # the shared pool root, once no testbed uses it
     shutil.rmtree(state.testbed_dir(name), ignore_errors=True)
+    shutil.rmtree(paths.run_root() / name, ignore_errors=True)
 
 
 def _stop_all(st: TestbedState) -> None:
@@ -418,10 +443,15 @@ def dry_run(spec_file: str | Path) -> str:
         for piece in mb.slices:
             lines.append(f"  slice {piece.path}: {format_size(piece.size)} -> {piece.compute_blade} "
                          f"node {piece.node}")
+    lib = None
+    if rack.mode != "off" and rack.accel != "kvm":
+        lib = paths.ddc_home() / "plugins" / "libddc-<hash>.so"
+        lines.append(f"would build and install the latency plugin as {lib} (mode {rack.mode}; TCG only) "
+                     f"and create {st.run_dir} for its sockets")
     for blade in rack.compute_blades:
         st.blades[blade.name] = BladeRecord(domain=blade.domain, ssh_port=0)
         bdir = st.blade_dir(blade.name)
         lines.append(f"would define and start domain {blade.domain} (overlay {bdir / 'root.qcow2'}, "
                      "SSH port chosen at up; shown as 0)")
-        lines.append(domain_xml(domain_config(rack, blade, st, img, bdir)))
+        lines.append(domain_xml(domain_config(rack, blade, st, img, bdir, lib)))
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SpecError
-from .spec import MemoryBladeSpec, TestbedSpec, format_size
+from .spec import CacheLevelSpec, MemoryBladeSpec, TestbedSpec, format_size
 
 LOCAL_DISTANCE = 10  # ACPI SLIT: a node's distance to itself
 
@@ -90,6 +90,8 @@ class Rack:
     local_bandwidth_gbps: float
     memory_blades: tuple[MemoryBlade, ...]
     compute_blades: tuple[ComputeBlade, ...]
+    mode: str = "inject"  # the latency plugin's mode, or "off"
+    caches: tuple[CacheLevelSpec, ...] = ()
 
     def compute_blade(self, name: str) -> ComputeBlade:
         for blade in self.compute_blades:
@@ -152,7 +154,8 @@ def resolve(spec: TestbedSpec, pool_root: Path) -> Rack:
         for mb in spec.memory_blades)
     return Rack(name=spec.name, uri=spec.uri, accel=spec.accel.value, image=spec.image,
                 local_latency_ns=spec.local_latency_ns, local_bandwidth_gbps=spec.local_bandwidth_gbps,
-                memory_blades=memories, compute_blades=tuple(computes))
+                memory_blades=memories, compute_blades=tuple(computes), mode=spec.mode.value,
+                caches=spec.caches)
 
 
 def _distance_matrix(to_node: list[int]) -> tuple[tuple[int, ...], ...]:

@@ -1,0 +1,481 @@
+/*
+ * Control channel: a unix stream socket speaking JSON lines, served by one
+ * plugin thread that never touches the access path's locks (there are none)
+ * and only reads vCPU counters.  Protocol: see README.md.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ddc.h"
+#include "json.h"
+
+#define MAX_CLIENTS 8
+#define MAX_LINE (1 << 20)
+
+struct client {
+    int fd;
+    char *buf;
+    size_t len, cap;
+};
+
+static struct client clients[MAX_CLIENTS];
+static const struct timeval send_timeout = { .tv_sec = 5 };
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+static int only_keys(const struct jval *req, const char *const *allowed, char *err, size_t errlen)
+{
+    for (const struct jval *e = req->child; e; e = e->next) {
+        bool ok = !strcmp(e->key, "cmd");
+        for (int i = 0; !ok && allowed[i]; i++) {
+            ok = !strcmp(e->key, allowed[i]);
+        }
+        if (!ok) {
+            return fail(err, errlen, "unknown key '%s'", e->key);
+        }
+    }
+    return 0;
+}
+
+/* An address: a JSON integer, or a string "0x..." (or decimal) for clients
+ * whose numbers are doubles. */
+static int get_addr(const struct jval *v, const char *what, uint64_t *out, char *err, size_t errlen)
+{
+    if (v && v->type == J_NUM && v->is_uint) {
+        *out = v->u;
+        return 0;
+    }
+    if (v && v->type == J_STR && !parse_u64(v->str, out, 0)) {
+        return 0;
+    }
+    return fail(err, errlen, "%s must be an unsigned integer or a string like \"0x100000000\"", what);
+}
+
+static int get_uint(const struct jval *req, const char *key, uint64_t *out, char *err, size_t errlen)
+{
+    const struct jval *v = json_get(req, key);
+
+    if (!v || v->type != J_NUM || !v->is_uint) {
+        return fail(err, errlen, "%s must be a non-negative integer", key);
+    }
+    *out = v->u;
+    return 0;
+}
+
+static int cmd_set_map(const struct jval *req, char *err, size_t errlen)
+{
+    static const char *const keys[] = { "ranges", NULL };
+    static const char *const rkeys[] = { "start", "end", "node", "blade", NULL };
+    const struct jval *rs = json_get(req, "ranges");
+    struct range r[MAX_RANGES];
+    unsigned n = 0;
+
+    if (only_keys(req, keys, err, errlen)) {
+        return -1;
+    }
+    if (!rs || rs->type != J_ARR) {
+        return fail(err, errlen, "ranges must be a list of {start, end, node, blade}");
+    }
+    for (const struct jval *e = rs->child; e; e = e->next, n++) {
+        const struct jval *b;
+        uint64_t node = 0;
+        char sub[256];
+
+        if (n == MAX_RANGES) {
+            return fail(err, errlen, "too many ranges (max %d)", MAX_RANGES);
+        }
+        if (e->type != J_OBJ) {
+            return fail(err, errlen, "ranges[%u] must be an object", n);
+        }
+        if (only_keys(e, rkeys, sub, sizeof(sub)) ||
+            get_addr(json_get(e, "start"), "start", &r[n].start, sub, sizeof(sub)) ||
+            get_addr(json_get(e, "end"), "end", &r[n].end, sub, sizeof(sub)) ||
+            get_uint(e, "node", &node, sub, sizeof(sub))) {
+            return fail(err, errlen, "ranges[%u]: %s", n, sub);
+        }
+        if (node >= MAX_NODES) {
+            return fail(err, errlen, "ranges[%u]: node %llu is over the maximum %d", n,
+                        (unsigned long long)node, MAX_NODES - 1);
+        }
+        r[n].node = (uint32_t)node;
+        r[n].blade = -1;
+        b = json_get(e, "blade");
+        if (!b || b->type == J_NULL) {
+            continue;
+        }
+        if (b->type == J_STR) {
+            if ((r[n].blade = blade_find(b->str)) < 0) {
+                return fail(err, errlen, "ranges[%u]: no blade named '%s' (create it with set_link)", n,
+                            b->str);
+            }
+        } else if (b->type == J_NUM && b->is_uint && b->u < g.nblades) {
+            r[n].blade = (int)b->u;
+        } else {
+            return fail(err, errlen, "ranges[%u]: blade must be a blade name, an index or null", n);
+        }
+    }
+    return map_publish(r, n, err, errlen);
+}
+
+static int cmd_set_link(const struct jval *req, char *err, size_t errlen)
+{
+    static const char *const keys[] = { "blade", "latency_ns", "bandwidth_gbps", NULL };
+    const struct jval *name = json_get(req, "blade");
+    const struct jval *bw = json_get(req, "bandwidth_gbps");
+    uint64_t lat;
+    double bwv;
+
+    if (only_keys(req, keys, err, errlen)) {
+        return -1;
+    }
+    if (!name || name->type != J_STR) {
+        return fail(err, errlen, "blade must be a blade name (a string)");
+    }
+    if (!json_get(req, "latency_ns") && !bw) {
+        return fail(err, errlen, "give latency_ns and/or bandwidth_gbps");
+    }
+    if (json_get(req, "latency_ns") && get_uint(req, "latency_ns", &lat, err, errlen)) {
+        return -1;
+    }
+    if (bw && bw->type != J_NUM) {
+        return fail(err, errlen, "bandwidth_gbps must be a number (0 = unlimited)");
+    }
+    bwv = bw ? bw->num : 0;
+    return blade_set(name->str, json_get(req, "latency_ns") ? &lat : NULL, bw ? &bwv : NULL, err,
+                     errlen) < 0 ? -1 : 0;
+}
+
+static int cmd_set_local_latency(const struct jval *req, char *err, size_t errlen)
+{
+    static const char *const keys[] = { "local_ns", NULL };
+    uint64_t v = 0;
+
+    if (only_keys(req, keys, err, errlen) || get_uint(req, "local_ns", &v, err, errlen)) {
+        return -1;
+    }
+    STORE(&g.local_ns, v);
+    return 0;
+}
+
+static int cmd_set_mode(const struct jval *req, char *err, size_t errlen)
+{
+    static const char *const keys[] = { "mode", NULL };
+    const struct jval *m = json_get(req, "mode");
+
+    if (only_keys(req, keys, err, errlen)) {
+        return -1;
+    }
+    if (m && m->type == J_STR && !strcmp(m->str, "inject")) {
+        STORE(&g.mode, MODE_INJECT);
+    } else if (m && m->type == J_STR && !strcmp(m->str, "account")) {
+        STORE(&g.mode, MODE_ACCOUNT);
+    } else {
+        return fail(err, errlen, "mode must be \"inject\" or \"account\"");
+    }
+    return 0;
+}
+
+static int cmd_no_args(const struct jval *req, char *err, size_t errlen)
+{
+    static const char *const keys[] = { NULL };
+
+    return only_keys(req, keys, err, errlen);
+}
+
+/* Handle one request line; the reply (one line, no newline) goes into out. */
+static void handle(const char *line, struct sbuf *out)
+{
+    char err[512] = "";
+    struct jval *req = json_parse(line, err, sizeof(err));
+    const struct jval *cmd;
+    int rc = -1;
+
+    if (!req) {
+        goto reply;
+    }
+    cmd = json_get(req, "cmd");
+    if (req->type != J_OBJ || !cmd || cmd->type != J_STR) {
+        snprintf(err, sizeof(err), "a request is an object with a \"cmd\" string");
+        goto reply;
+    }
+    pthread_mutex_lock(&g.ctl_lock);
+    if (!strcmp(cmd->str, "stats") || !strcmp(cmd->str, "config")) {
+        if ((rc = cmd_no_args(req, err, sizeof(err))) == 0) {
+            sb_puts(out, "{\"ok\":true,");
+            if (!strcmp(cmd->str, "stats")) {
+                stats_render(out);
+            } else {
+                config_render(out);
+            }
+            sb_putc(out, '}');
+        }
+    } else if (!strcmp(cmd->str, "reset")) {
+        if ((rc = cmd_no_args(req, err, sizeof(err))) == 0) {
+            stats_reset();
+        }
+    } else if (!strcmp(cmd->str, "set_map")) {
+        rc = cmd_set_map(req, err, sizeof(err));
+    } else if (!strcmp(cmd->str, "set_link")) {
+        rc = cmd_set_link(req, err, sizeof(err));
+    } else if (!strcmp(cmd->str, "set_local_latency")) {
+        rc = cmd_set_local_latency(req, err, sizeof(err));
+    } else if (!strcmp(cmd->str, "set_mode")) {
+        rc = cmd_set_mode(req, err, sizeof(err));
+    } else {
+        snprintf(err, sizeof(err), "unknown cmd '%s' (valid: stats, config, reset, set_map, "
+                 "set_link, set_local_latency, set_mode)", cmd->str);
+    }
+    pthread_mutex_unlock(&g.ctl_lock);
+reply:
+    if (rc == 0 && out->len == 0) {
+        sb_puts(out, "{\"ok\":true}");
+    } else if (rc != 0) {
+        out->len = 0;
+        sb_puts(out, "{\"ok\":false,\"error\":");
+        sb_str(out, err);
+        sb_putc(out, '}');
+    }
+    json_free(req);
+}
+
+/* ---- the server thread --------------------------------------------------- */
+
+static void client_close(struct client *c)
+{
+    close(c->fd);
+    free(c->buf);
+    memset(c, 0, sizeof(*c));
+    c->fd = -1;
+}
+
+static bool send_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            return false;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+/* Read what is there; answer every complete line.  false: drop the client. */
+static bool client_read(struct client *c)
+{
+    char *nl;
+    ssize_t r;
+
+    if (c->cap - c->len < 4096) {
+        size_t cap = c->cap ? c->cap * 2 : 8192;
+        char *p;
+        if (cap > MAX_LINE) {
+            return false;   /* a line this long is not a request */
+        }
+        if (!(p = realloc(c->buf, cap))) {
+            return false;
+        }
+        c->buf = p;
+        c->cap = cap;
+    }
+    r = read(c->fd, c->buf + c->len, c->cap - c->len - 1);
+    if (r <= 0) {
+        return r < 0 && errno == EINTR;
+    }
+    c->len += (size_t)r;
+    c->buf[c->len] = 0;
+    while ((nl = memchr(c->buf, '\n', c->len))) {
+        struct sbuf out = { 0 };
+        size_t used = (size_t)(nl - c->buf) + 1;
+        bool ok;
+        *nl = 0;
+        if (nl > c->buf && nl[-1] == '\r') {
+            nl[-1] = 0;
+        }
+        handle(c->buf, &out);
+        sb_putc(&out, '\n');
+        ok = send_all(c->fd, out.p, out.len);
+        free(out.p);
+        memmove(c->buf, c->buf + used, c->len - used + 1);
+        c->len -= used;
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void *ctl_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        struct pollfd pf[MAX_CLIENTS + 2];
+        int n = 0, map[MAX_CLIENTS];
+
+        pf[n++] = (struct pollfd){ .fd = g.wake_pipe[0], .events = POLLIN };
+        pf[n++] = (struct pollfd){ .fd = g.listen_fd, .events = POLLIN };
+        for (int i = 0; i < MAX_CLIENTS; i++) {
+            if (clients[i].fd >= 0) {
+                map[n - 2] = i;
+                pf[n++] = (struct pollfd){ .fd = clients[i].fd, .events = POLLIN };
+            }
+        }
+        if (poll(pf, (nfds_t)n, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            break;
+        }
+        if (pf[0].revents) {
+            break;
+        }
+        for (int k = 2; k < n; k++) {
+            if (pf[k].revents && !client_read(&clients[map[k - 2]])) {
+                client_close(&clients[map[k - 2]]);
+            }
+        }
+        if (pf[1].revents & POLLIN) {
+            int fd = accept4(g.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+            int i;
+            if (fd < 0) {
+                continue;
+            }
+            for (i = 0; i < MAX_CLIENTS && clients[i].fd >= 0; i++) {
+            }
+            if (i == MAX_CLIENTS) {
+                static const char busy[] = "{\"ok\":false,\"error\":\"too many clients\"}\n";
+                send_all(fd, busy, sizeof(busy) - 1);
+                close(fd);
+                continue;
+            }
+            /* A client that stops reading must not wedge this thread (and
+             * with it QEMU's exit, which joins it). */
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
+            clients[i].fd = fd;
+        }
+    }
+    for (int i = 0; i < MAX_CLIENTS; i++) {
+        if (clients[i].fd >= 0) {
+            client_close(&clients[i]);
+        }
+    }
+    return NULL;
+}
+
+/* A socket file left by a killed QEMU is replaced; a live one is not. */
+static int claim_path(const struct sockaddr_un *sa, char *err, size_t errlen)
+{
+    struct stat st;
+    int fd, rc;
+
+    if (lstat(sa->sun_path, &st) < 0) {
+        return errno == ENOENT ? 0 : fail(err, errlen, "sock=%s: %s", sa->sun_path, strerror(errno));
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        return fail(err, errlen, "sock=%s exists and is not a socket", sa->sun_path);
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return fail(err, errlen, "socket: %s", strerror(errno));
+    }
+    rc = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
+    close(fd);
+    if (rc == 0) {
+        return fail(err, errlen, "sock=%s is served by another live process", sa->sun_path);
+    }
+    if (unlink(sa->sun_path) < 0) {
+        return fail(err, errlen, "sock=%s is stale but cannot be removed: %s", sa->sun_path,
+                    strerror(errno));
+    }
+    return 0;
+}
+
+int ctl_start(char *err, size_t errlen)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    sigset_t all, old;
+    int rc;
+
+    for (int i = 0; i < MAX_CLIENTS; i++) {
+        clients[i].fd = -1;
+    }
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", g.sock_path);
+    if (claim_path(&sa, err, errlen)) {
+        return -1;
+    }
+    g.listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (g.listen_fd < 0) {
+        return fail(err, errlen, "socket: %s", strerror(errno));
+    }
+    if (bind(g.listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(sa.sun_path, 0600) < 0 ||
+        listen(g.listen_fd, MAX_CLIENTS) < 0) {
+        rc = errno;
+        close(g.listen_fd);
+        g.listen_fd = -1;
+        unlink(sa.sun_path);
+        return fail(err, errlen, "sock=%s: %s", sa.sun_path, strerror(rc));
+    }
+    if (pipe2(g.wake_pipe, O_CLOEXEC) < 0) {
+        rc = errno;
+        ctl_stop();
+        return fail(err, errlen, "pipe: %s", strerror(rc));
+    }
+    /* QEMU's signals (SIGTERM, SIG_IPI, ...) must keep going to its threads. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&g.ctl_thread, NULL, ctl_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc) {
+        ctl_stop();
+        return fail(err, errlen, "cannot start the control thread: %s", strerror(rc));
+    }
+    g.ctl_running = true;
+    return 0;
+}
+
+void ctl_stop(void)
+{
+    if (g.ctl_running) {
+        ssize_t w = write(g.wake_pipe[1], "x", 1);
+        (void)w;
+        pthread_join(g.ctl_thread, NULL);
+        g.ctl_running = false;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (g.wake_pipe[i] >= 0) {
+            close(g.wake_pipe[i]);
+            g.wake_pipe[i] = -1;
+        }
+    }
+    if (g.listen_fd >= 0) {
+        close(g.listen_fd);
+        g.listen_fd = -1;
+        unlink(g.sock_path);
+    }
+}

@@ -1,0 +1,199 @@
+/*
+ * libddc: remote-memory model for ddc-testbed compute blades (QEMU TCG plugin).
+ *
+ * Shared state between the access path (ddc.c), the cache model (cache.c),
+ * the option/config parser (config.c), the statistics renderer (stats.c) and
+ * the control thread (ctl.c).
+ *
+ * Threading rules, which every file relies on:
+ *  - A struct vcpu is written only by the thread running that vCPU.  Other
+ *    threads (control, atexit) read its counters with relaxed atomic loads.
+ *  - Global knobs that change at runtime (latency, bandwidth, mode, map) are
+ *    atomics written by the control thread under g.ctl_lock; the access path
+ *    reads them without any lock.
+ *  - Nothing on the access path allocates, blocks on a lock, or makes a
+ *    syscall, except the batched stall in inject mode and the shared-level
+ *    per-set spinlock.
+ */
+#ifndef DDC_H
+#define DDC_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define DDC_VERSION "1.0"
+
+#define MAX_LEVELS  4
+#define MAX_NODES   16
+#define MAX_BLADES  16
+#define MAX_RANGES  64
+#define MAX_VCPUS   1024    /* user mode hands out one index per guest thread */
+#define NAME_LEN    32
+
+/* Relaxed atomics: a single writer per counter, readers tolerate staleness. */
+#define LOAD(p)      __atomic_load_n((p), __ATOMIC_RELAXED)
+#define STORE(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+/* Single-writer increment: a plain add on x86, but race-free in C terms.
+ * Release keeps counters visible in program order (stats.c relies on it to
+ * derive the counters the access path skips); on x86 it costs nothing. */
+#define BUMP(p, n)   __atomic_store_n((p), LOAD(p) + (n), __ATOMIC_RELEASE)
+
+enum mode { MODE_INJECT = 0, MODE_ACCOUNT = 1 };
+
+/* ---- cache hierarchy ---------------------------------------------------- */
+
+struct level_cfg {
+    char name[NAME_LEN];
+    uint64_t size;          /* bytes */
+    uint32_t ways;
+    uint32_t line;          /* bytes, power of two */
+    bool shared;            /* one per QEMU process instead of one per vCPU */
+    /* derived */
+    uint32_t line_shift;
+    uint64_t sets;
+    uint64_t set_mask;      /* sets - 1 when sets is a power of two, else 0 */
+};
+
+/* One set-associative array with true LRU: each set keeps its tags in
+ * most-recently-used-first order, so a hit on the MRU line is one compare.
+ * A tag is line_number + 1; 0 means invalid, so calloc() gives a cold cache. */
+struct cache {
+    uint64_t *tags;         /* sets * ways */
+    uint64_t set_mask;      /* copies of the level_cfg fields the lookup needs, */
+    uint64_t sets;          /* so it does not chase a pointer first */
+    uint32_t ways;
+    uint8_t *locks;         /* per-set spinlocks, shared levels only */
+};
+
+/* ---- address map ------------------------------------------------------- */
+
+struct range {
+    uint64_t start, end;    /* [start, end) in qemu_plugin_hwaddr_phys_addr() terms */
+    uint32_t node;
+    int32_t blade;          /* index into g.blades, -1 = local memory */
+};
+
+/* Immutable once published; replaced wholesale by set_map.  Retired maps are
+ * kept until exit because a vCPU may still be reading one (no RCU here). */
+struct map {
+    uint32_t n;
+    struct range r[MAX_RANGES];
+    struct map *retired_next;
+};
+
+/* ---- memory blades (links) ---------------------------------------------- */
+
+struct blade {
+    char name[NAME_LEN];
+    uint64_t latency_ns;    /* atomic; total load-to-use latency of a remote line */
+    uint64_t tx_ps;         /* atomic; time one line occupies the link, 0 = unlimited */
+    double bandwidth_gbps;  /* control thread only (for reporting) */
+    uint64_t next_free_ps;  /* atomic; when the link can start the next transfer */
+} __attribute__((aligned(64)));
+
+/* ---- per-vCPU state and counters ---------------------------------------- */
+
+enum {
+    C_INSNS, C_LOADS, C_STORES, C_IO, C_SPLIT,
+    C_MODELLED_NS, C_INJECTED_NS, C_STALLS,
+    C_HIT0,
+    C_MISS0 = C_HIT0 + MAX_LEVELS,
+    C_NODE_ACC0 = C_MISS0 + MAX_LEVELS,    /* every access, by NUMA node */
+    C_NODE_MEM0 = C_NODE_ACC0 + MAX_NODES, /* accesses that missed every level */
+    C_BLADE_ACC0 = C_NODE_MEM0 + MAX_NODES,
+    C_BLADE_STALL0 = C_BLADE_ACC0 + MAX_BLADES,  /* latency + queueing, ns */
+    C_BLADE_QUEUE0 = C_BLADE_STALL0 + MAX_BLADES, /* queueing only, ns */
+    NCOUNTERS = C_BLADE_QUEUE0 + MAX_BLADES,
+};
+
+struct vcpu {
+    /* hot: read on every access */
+    uint64_t last_line;         /* L1 line of the previous access (MRU shortcut) */
+    const struct map *map;      /* map the range cache below belongs to */
+    const struct range *rc;     /* range holding [rc_lo, rc_hi), NULL = local gap */
+    uint64_t rc_lo, rc_hi;
+    int64_t owed_ns;            /* atomic; inject mode: stall not yet paid (may be < 0) */
+    uint64_t skew_ns;           /* account mode: modelled stall so far (link clock) */
+    bool slack_set;
+    unsigned index;
+    uint32_t decode_checks;     /* accesses left to cross-check is_store (ddc.c) */
+    struct cache priv[MAX_LEVELS];  /* .tags == NULL for shared levels */
+    uint64_t c[NCOUNTERS];      /* written by this vCPU only */
+    uint64_t base[NCOUNTERS];   /* snapshot at the last reset; control thread only */
+};
+
+/* ---- the plugin's global state ----------------------------------------- */
+
+struct ddc {
+    /* configuration (fixed after install) */
+    struct level_cfg levels[MAX_LEVELS];
+    unsigned nlevels;
+    char sock_path[108];
+    char stats_path[4096];
+    uint64_t batch_ns;
+    bool count_insns;           /* insns=on: one exec callback per TB */
+    bool system_emulation;
+    char target[32];
+
+    /* runtime knobs (atomics) */
+    int mode;
+    uint64_t local_ns;
+    struct map *map;            /* atomic pointer, release/acquire */
+    unsigned nblades;           /* atomic; blades[0..nblades) are valid */
+
+    struct blade blades[MAX_BLADES];
+    struct cache shared[MAX_LEVELS];   /* .tags != NULL only for shared levels */
+    struct vcpu *vcpus[MAX_VCPUS];     /* atomic pointers, set in vcpu_init */
+
+    /* control-thread side */
+    pthread_mutex_t ctl_lock;
+    struct map *retired;
+    uint64_t t0_ns;             /* CLOCK_MONOTONIC at install */
+    uint64_t reset_ns;          /* CLOCK_MONOTONIC at the last reset */
+    uint64_t resets;
+    int listen_fd;
+    int wake_pipe[2];
+    pthread_t ctl_thread;
+    bool ctl_running;
+    bool exited;
+    int pid;                    /* of the process that installed the plugin */
+};
+
+extern struct ddc g;
+
+/* time */
+uint64_t mono_ns(void);
+
+/* cache.c (lookups: cache.h) */
+int cache_init(struct cache *c, const struct level_cfg *cfg);
+
+/* config.c: option parsing shared by qemu_plugin_install and the control
+ * protocol.  Each returns 0 or -1 with a message in err. */
+int parse_u64(const char *s, uint64_t *out, int base);
+int parse_size(const char *s, uint64_t *out);
+int parse_cache_spec(const char *spec, char *err, size_t errlen);
+int parse_options(int argc, char **argv, char *err, size_t errlen);
+int blade_find(const char *name);
+int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbps,
+              char *err, size_t errlen);
+int map_publish(const struct range *r, unsigned n, char *err, size_t errlen);
+uint64_t llc_line_bytes(void);
+
+/* stats.c */
+struct sbuf { char *p; size_t len, cap; };
+void sb_putc(struct sbuf *b, char c);
+void sb_puts(struct sbuf *b, const char *s);
+void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sb_str(struct sbuf *b, const char *s);   /* JSON string with escaping */
+void stats_render(struct sbuf *b);             /* object body, no braces */
+void config_render(struct sbuf *b);            /* object body, no braces */
+void stats_reset(void);
+int stats_write_file(const char *path);
+
+/* ctl.c */
+int ctl_start(char *err, size_t errlen);
+void ctl_stop(void);
+
+#endif

@@ -1,0 +1,60 @@
+/*
+ * Touches lines of a buffer at a fixed guest address, on command.
+ *
+ *   remote BASE SIZE            (hex BASE, bytes SIZE)
+ *
+ * Maps SIZE bytes at BASE (so the test can put BASE in a plugin range), then
+ * reads commands from stdin, one per line:
+ *
+ *   touch FIRST COUNT STRIDE    read one word at BASE + (FIRST + i) * STRIDE
+ *                               for i in [0, COUNT); answer "done NS" with
+ *                               the loop's CLOCK_MONOTONIC duration
+ *
+ * and exits 0 at end of input.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+static unsigned long long now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+    char line[256];
+
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s BASE SIZE\n", argv[0]);
+        return 2;
+    }
+    unsigned long base = strtoul(argv[1], NULL, 16);
+    size_t size = strtoul(argv[2], NULL, 0);
+    char *buf = mmap((void *)base, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buf != (char *)base) {
+        fprintf(stderr, "remote: could not map %zu bytes at 0x%lx\n", size, base);
+        return 1;
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (fgets(line, sizeof(line), stdin)) {
+        unsigned long first, count, stride, sum = 0;
+        if (sscanf(line, "touch %lu %lu %lu", &first, &count, &stride) != 3 ||
+            (first + count) * stride > size) {
+            fprintf(stderr, "remote: bad command: %s", line);
+            return 2;
+        }
+        unsigned long long t0 = now_ns();
+        for (unsigned long i = 0; i < count; i++) {
+            sum += *(volatile long *)(buf + (first + i) * stride);
+        }
+        unsigned long long t1 = now_ns();
+        printf("done %llu %lu\n", t1 - t0, sum);
+    }
+    return 0;
+}
