@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from rich.console import Console
@@ -146,6 +146,43 @@ def cmd_ssh(a: argparse.Namespace) -> int:
     return subprocess.run(argv).returncode
 
 
+def cmd_stats(a: argparse.Namespace) -> int:
+    result = testbed.hierarchy_stats(testbed.testbed_name(a.file), a.blade)
+    if a.json:
+        print(json.dumps({b: {"stats": raw, "figures": asdict(fig)} for b, (raw, fig) in result.items()}, indent=2))
+        return 0
+    for blade, (raw, fig) in result.items():
+        OUT.print(f"[bold]{blade}[/bold]: {fig.insns:,} instructions, {fig.loads:,} loads, {fig.stores:,} stores; "
+                  f"mode {raw['mode']}, modelled stall {fig.modelled_stall_ns / 1e6:,.1f} ms, "
+                  f"injected {fig.injected_ns / 1e6:,.1f} ms")
+        levels = Table("level", "accesses", "hits", "misses", "miss ratio", "hit", "AMAT", title="hierarchy")
+        for lv in fig.levels:
+            levels.add_row(lv.name, f"{lv.accesses:,}", f"{lv.hits:,}", f"{lv.misses:,}", f"{lv.miss_ratio:.4f}",
+                           f"{lv.hit_ns:g} ns", f"{lv.amat_ns:.2f} ns")
+        levels.add_row("memory", f"{sum(n['memory'] for n in fig.nodes):,}", "", "", "", "",
+                       f"{fig.memory_amat_ns:.1f} ns")
+        OUT.print(levels)
+        nodes = Table("node", "accesses", "reached memory", "share of memory", title="by NUMA node")
+        memory = sum(n["memory"] for n in fig.nodes) or 1
+        for n in fig.nodes:
+            nodes.add_row(str(n["node"]), f"{n['accesses']:,}", f"{n['memory']:,}", f"{n['memory'] / memory:.1%}")
+        OUT.print(nodes)
+        links = Table("memory blade", "latency", "bandwidth", "accesses", "bytes", "stall", "queueing", title="links")
+        for b in fig.blades:
+            links.add_row(b["name"], f"{b['latency_ns']} ns",
+                          f"{b['bandwidth_gbps']:g} GB/s" if b["bandwidth_gbps"] else "unlimited",
+                          f"{b['accesses']:,}", f"{b['bytes']:,}", f"{b['stall_ns'] / 1e6:,.1f} ms",
+                          f"{b['queue_ns'] / 1e6:,.1f} ms")
+        OUT.print(links)
+    return 0
+
+
+def cmd_link(a: argparse.Namespace) -> int:
+    changed = testbed.set_link(testbed.testbed_name(a.file), a.memory_blade, a.latency, a.bandwidth)
+    OUT.print(f"{a.memory_blade}: updated live in {', '.join(changed)}")
+    return 0
+
+
 # -- parsing ----------------------------------------------------------------------------------------
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -156,6 +193,8 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "down": cmd_down,
     "status": cmd_status,
     "ssh": cmd_ssh,
+    "stats": cmd_stats,
+    "link": cmd_link,
 }
 
 
@@ -189,6 +228,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("blade")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
+
+    p = sub.add_parser("stats", help="live memory-hierarchy statistics from the latency plugin")
+    p.add_argument("file")
+    p.add_argument("blade", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("link", help="change a memory blade's latency or bandwidth live (no reboot)")
+    p.add_argument("file")
+    p.add_argument("memory_blade")
+    p.add_argument("--latency", type=int, metavar="NS", help="latency_ns of the memory blade")
+    p.add_argument("--bandwidth", type=float, metavar="GBPS", help="bandwidth_gbps (0: unlimited)")
     return ap
 
 

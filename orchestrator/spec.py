@@ -122,6 +122,8 @@ class CacheLevelSpec(_Model):
     ways: int = Field(ge=1, le=64)
     line: int = Field(default=64, ge=8, le=4096)
     scope: Scope = Scope.PRIVATE
+    # Modelled hit time, used only to report the average memory access time.
+    hit_ns: float = Field(default=1.0, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _shape(self) -> CacheLevelSpec:
@@ -134,9 +136,9 @@ class CacheLevelSpec(_Model):
 
 
 DEFAULT_CACHES = (
-    CacheLevelSpec(name="l1d", size=32 * KiB, ways=8, line=64, scope=Scope.PRIVATE),
-    CacheLevelSpec(name="l2", size=1 * MiB, ways=16, line=64, scope=Scope.PRIVATE),
-    CacheLevelSpec(name="llc", size=16 * MiB, ways=16, line=64, scope=Scope.SHARED),
+    CacheLevelSpec(name="l1d", size=32 * KiB, ways=8, line=64, scope=Scope.PRIVATE, hit_ns=1),
+    CacheLevelSpec(name="l2", size=1 * MiB, ways=16, line=64, scope=Scope.PRIVATE, hit_ns=4),
+    CacheLevelSpec(name="llc", size=16 * MiB, ways=16, line=64, scope=Scope.SHARED, hit_ns=15),
 )
 
 

@@ -27,6 +27,7 @@ from . import image as images
 from . import keys, memmap, paths, plugin, pools, state
 from .errors import DdcError, HypervisorError, SpecError, StateError
 from .guest import Endpoint, wait_ready
+from .hierarchy import Figures, figures
 from .hypervisor import ABSENT, Hypervisor, kvm_works
 from .render import DomainConfig, domain_xml
 from .runner import run
@@ -109,7 +110,8 @@ def up(spec_file: str | Path, *, say: Say = _quiet, boot_timeout: float = BOOT_T
                 "the NUMA/HMAT topology without latency injection or statistics")
         lib = plugin.library() if use_plugin else None
         st = TestbedState(name=rack.name, spec_file=str(p.spec_file), spec_digest=p.digest,
-                          uri=rack.uri, accel=accel, plugin=use_plugin)
+                          uri=rack.uri, accel=accel, plugin=use_plugin,
+                          hit_ns={c.name: c.hit_ns for c in rack.caches})
         st.save()
         try:
             with Hypervisor(rack.uri) as hv:
@@ -455,3 +457,59 @@ def dry_run(spec_file: str | Path) -> str:
                      "SSH port chosen at up; shown as 0)")
         lines.append(domain_xml(domain_config(rack, blade, st, img, bdir, lib)))
     return "\n".join(lines)
+
+
+# -- the plugin, at runtime -------------------------------------------------------------------------
+
+def _plugin_blades(st: TestbedState, blade: str | None) -> list[str]:
+    if not st.plugin:
+        raise StateError(f"testbed {st.name!r} runs without the latency plugin (accel {st.accel})",
+                         hint="the plugin needs TCG and `mode: inject` or `mode: account`")
+    if blade is not None:
+        endpoint(st, blade)  # validates the name
+        return [blade]
+    return list(st.blades)
+
+
+def hierarchy_stats(name: str, blade: str | None = None) -> dict[str, tuple[dict[str, Any], Figures]]:
+    """Live plugin statistics of one blade or all, with derived figures."""
+    st = load_up(name)
+    out = {}
+    for b in _plugin_blades(st, blade):
+        with plugin.Control(st.plugin_socket(b)) as ctl:
+            raw = ctl.stats()
+            config = ctl.request("config")
+        out[b] = (raw, figures(raw, st.hit_ns, node_latencies(config)))
+    return out
+
+
+def node_latencies(config: dict[str, Any]) -> dict[int, float]:
+    """NUMA node -> current latency, from the plugin's own config (runtime changes included)."""
+    blade_ns = {b["name"]: b["latency_ns"] for b in config.get("blades", [])}
+    lat = {0: float(config["local_ns"])}
+    for r in config.get("ranges", []):
+        if r.get("blade") is not None:
+            lat[r["node"]] = float(blade_ns.get(r["blade"], config["local_ns"]))
+    return lat
+
+
+def set_link(name: str, memory_blade: str, latency_ns: int | None = None,
+             bandwidth_gbps: float | None = None) -> list[str]:
+    """Change a memory blade's latency and/or bandwidth in every blade that uses it, live."""
+    if latency_ns is None and bandwidth_gbps is None:
+        raise SpecError("give --latency, --bandwidth or both")
+    st = load_up(name)
+    fields: dict[str, Any] = {"blade": memory_blade}
+    if latency_ns is not None:
+        fields["latency_ns"] = latency_ns
+    if bandwidth_gbps is not None:
+        fields["bandwidth_gbps"] = bandwidth_gbps
+    changed = []
+    for b in _plugin_blades(st, None):
+        if any(n.get("memory_blade") == memory_blade for n in st.blades[b].nodes):
+            with plugin.Control(st.plugin_socket(b)) as ctl:
+                ctl.request("set_link", **fields)
+            changed.append(b)
+    if not changed:
+        raise SpecError(f"no compute blade of {name!r} uses memory blade {memory_blade!r}")
+    return changed
