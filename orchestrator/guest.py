@@ -8,6 +8,7 @@ or changed key is refused (paramiko RejectPolicy), never added.
 from __future__ import annotations
 
 import logging
+import selectors
 import shlex
 import socket
 import time
@@ -72,14 +73,50 @@ def connect(ep: Endpoint, timeout: float = 10.0) -> Connection:
     return conn
 
 
-def banner(ep: Endpoint, timeout: float = 1.0) -> bool:
-    """True once sshd itself answers (QEMU's forward accepts before the guest does)."""
+def wait_banner(ep: Endpoint, deadline: float, alive: Callable[[], bool] | None = None,
+                every: float = 0.25, patience: float = 3.0) -> bool:
+    """Wait until sshd itself sends its banner; False at the deadline.
+
+    QEMU's user-mode forward accepts on the host at once, then retries reaching
+    the guest with a growing back-off, so one connection held open can see the
+    banner seconds late. A new attempt starts every ``every`` seconds and older
+    ones stay open for ``patience`` seconds; the first "SSH-" wins.
+    """
+    sel = selectors.DefaultSelector()
+    started: dict[socket.socket, float] = {}
+    next_try = 0.0
     try:
-        with socket.create_connection((ep.host, ep.port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            return s.recv(8).startswith(b"SSH-")
-    except OSError:
+        while (now := time.monotonic()) < deadline:
+            if alive is not None and not alive():
+                return False
+            if now >= next_try:
+                next_try = now + every
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                s.connect_ex((ep.host, ep.port))
+                sel.register(s, selectors.EVENT_READ)
+                started[s] = now
+            for key, _ in sel.select(timeout=max(0.0, min(next_try, deadline) - time.monotonic())):
+                s = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = s.recv(8)
+                except OSError:
+                    data = b""
+                if data.startswith(b"SSH-"):
+                    return True
+                sel.unregister(s)
+                s.close()
+                del started[s]
+            for s, t in list(started.items()):
+                if time.monotonic() - t > patience:
+                    sel.unregister(s)
+                    s.close()
+                    del started[s]
         return False
+    finally:
+        for s in started:
+            s.close()
+        sel.close()
 
 
 def wait_ready(ep: Endpoint, timeout: float, alive: Callable[[], bool] | None = None,
@@ -95,7 +132,7 @@ def wait_ready(ep: Endpoint, timeout: float, alive: Callable[[], bool] | None = 
     while time.monotonic() < deadline:
         if alive is not None and not alive():
             raise GuestError(f"{ep.blade}: the blade stopped while booting")
-        if banner(ep):
+        if wait_banner(ep, deadline, alive):
             try:
                 conn = connect(ep, timeout=max(1.0, deadline - time.monotonic()))
                 try:

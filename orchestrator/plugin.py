@@ -63,7 +63,9 @@ def cache_option(levels: tuple[CacheLevelSpec, ...]) -> str:
 def plugin_arg(rack: Rack, blade: ComputeBlade, lib: Path, sock: Path, stats: Path) -> str:
     """The value of QEMU's ``-plugin`` for one compute blade. The address map is
     not here: it is only known once QEMU has laid out its RAM (see memmap)."""
-    opts = [str(lib), f"mode={rack.mode}", f"local_ns={rack.local_latency_ns}"]
+    # active=off: the blade boots at plain-TCG speed; `up` activates the model
+    # once every blade answers SSH.
+    opts = [str(lib), "active=off", f"mode={rack.mode}", f"local_ns={rack.local_latency_ns}"]
     used = {n.memory_blade for n in blade.remote_nodes}
     for mb in rack.memory_blades:
         if mb.name in used:

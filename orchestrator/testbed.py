@@ -233,7 +233,16 @@ def _create(rack: Rack, st: TestbedState, img: images.GuestImage, lib: Path | No
         hv.resume(cfg.blade.domain)
         say(f"compute blade {cfg.blade.name}: started ({st.accel}), ssh on 127.0.0.1:{cfg.ssh_port}")
 
-    return _wait_all(rack, st, hv, say, boot_timeout)
+    boot = _wait_all(rack, st, hv, say, boot_timeout)
+    if lib is not None:
+        # The blades booted at plain-TCG speed (the plugin starts inactive); the
+        # model and the statistics begin now, with zeroed counters.
+        for blade in rack.compute_blades:
+            with plugin.Control(st.plugin_socket(blade.name)) as ctl:
+                ctl.request("activate")
+                ctl.request("reset")
+        say(f"latency plugin active on every blade (mode {rack.mode})")
+    return boot
 
 
 def _load_map(hv: Hypervisor, st: TestbedState, blade: ComputeBlade) -> None:

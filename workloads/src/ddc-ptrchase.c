@@ -1,11 +1,13 @@
 /*
  * ddc-ptrchase: nanoseconds per dependent load over a buffer.
  *
- *   ddc-ptrchase [-s SIZE] [-n LOADS] [-r ROUNDS] [-l LINE]
+ *   ddc-ptrchase [-s SIZE] [-n LOADS] [-r ROUNDS] [-l LINE] [-p random|seq]
  *
  * The buffer (SIZE bytes, default 256M) is cut into LINE-byte cells (default
  * 64) linked in one random cycle (Sattolo's algorithm), so every load depends
  * on the previous one and the hardware, or the cache model, cannot prefetch.
+ * With -p seq the cells are linked in address order instead: a strided sweep,
+ * which an LRU cache holds exactly when the buffer fits.
  * Memory placement is left to the caller (numactl --membind=N). Each round
  * chases LOADS pointers and prints one line:
  *
@@ -65,16 +67,23 @@ static int cmp_double(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     uint64_t size = 256ull << 20, loads = 2000000, line = 64;
-    int rounds = 5, opt;
+    int rounds = 5, opt, sequential = 0;
 
-    while ((opt = getopt(argc, argv, "s:n:r:l:")) != -1) {
+    while ((opt = getopt(argc, argv, "s:n:r:l:p:")) != -1) {
         switch (opt) {
         case 's': size = parse_size(optarg); break;
         case 'n': loads = strtoull(optarg, NULL, 10); break;
         case 'r': rounds = atoi(optarg); break;
         case 'l': line = parse_size(optarg); break;
+        case 'p':
+            if (strcmp(optarg, "seq") && strcmp(optarg, "random")) {
+                fprintf(stderr, "ddc-ptrchase: -p random|seq\n");
+                return 2;
+            }
+            sequential = !strcmp(optarg, "seq");
+            break;
         default:
-            fprintf(stderr, "usage: %s [-s SIZE] [-n LOADS] [-r ROUNDS] [-l LINE]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-s SIZE] [-n LOADS] [-r ROUNDS] [-l LINE] [-p random|seq]\n", argv[0]);
             return 2;
         }
     }
@@ -91,10 +100,11 @@ int main(int argc, char **argv)
                 strerror(errno));
         return 1;
     }
-    /* Sattolo: a uniformly random single cycle through every cell. */
+    /* Sattolo (applied to the identity): a uniformly random single cycle
+     * through every cell. */
     for (uint64_t i = 0; i < cells; i++)
-        order[i] = (uint32_t)i;
-    for (uint64_t i = cells - 1; i > 0; i--) {
+        order[i] = (uint32_t)(sequential ? (i + 1) % cells : i);
+    for (uint64_t i = cells - 1; i > 0 && !sequential; i--) {
         uint64_t j = rnd() % i;
         uint32_t t = order[i];
         order[i] = order[j];
