@@ -1,0 +1,142 @@
+"""The latency plugin inside a real blade: attribution, cache model, latency, bandwidth.
+
+One blade (2 vCPUs, 1G local, 1G on mb0) is booted once for the module. Counts
+are read from the plugin's control socket around one command in the guest
+(`reset`, run, `stats`), so each test sees exactly its own accesses plus the
+guest's background noise.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator import guest, plugin, state
+from orchestrator.testbed import endpoint
+from tests.vm.conftest import ddc, leftovers
+
+pytestmark = pytest.mark.vm
+
+NAME = "t-plug"
+LOCAL_NS = 100
+RACK = {
+    "name": NAME, "accel": "tcg", "mode": "inject", "local_latency_ns": LOCAL_NS,
+    "memory_blades": [{"name": "mb0", "size": "1G", "latency_ns": 500}],
+    "compute_blades": [{"name": "cb0", "vcpus": 2, "memory": "1G", "remote": [{"blade": "mb0", "size": "1G"}]}],
+}
+
+
+class Blade:
+    def __init__(self, st: state.TestbedState) -> None:
+        self.st = st
+        self.conn = guest.connect(endpoint(st, "cb0"))
+        self.ctl = plugin.Control(st.plugin_socket("cb0"))
+
+    def sh(self, command: str, timeout: float = 600) -> str:
+        return guest.run(self.conn, command, timeout=timeout, blade="cb0").stdout
+
+    def counted(self, command: str) -> tuple[str, dict[str, Any]]:
+        """Run ``command`` in the guest; return its output and the plugin's counts for it."""
+        self.ctl.request("reset")
+        out = self.sh(command)
+        return out, self.ctl.stats()
+
+    def link(self, **fields: Any) -> None:
+        self.ctl.request("set_link", blade="mb0", **fields)
+
+
+@pytest.fixture(scope="module")
+def blade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Blade]:
+    path: Path = tmp_path_factory.mktemp("plug") / f"{NAME}.yaml"
+    path.write_text(yaml.safe_dump(RACK))
+    ddc("down", str(path), check=False)
+    b = None
+    try:
+        ddc("up", str(path))
+        st = state.load(NAME)
+        assert st is not None and st.plugin
+        b = Blade(st)
+        yield b
+    finally:
+        if b is not None:
+            b.ctl.close()
+            b.conn.close()
+        ddc("down", str(path), check=False)
+        assert leftovers(NAME) == [], f"`ddc down` left {leftovers(NAME)}"
+
+
+def memory_by_node(stats: dict[str, Any]) -> dict[int, int]:
+    return {n["node"]: n["memory"] for n in stats["total"]["nodes"]}
+
+
+@pytest.mark.parametrize("bind,low,high", [(1, 0.95, 1.0), (0, 0.0, 0.05)])
+def test_llc_misses_are_attributed_to_the_bound_node(blade: Blade, bind: int, low: float, high: float) -> None:
+    blade.ctl.request("set_mode", mode="account")  # counts do not depend on the mode; this is faster
+    try:
+        _, stats = blade.counted(f"numactl --membind={bind} ddc-ptrchase -s 256M -n 1000000 -r 1")
+    finally:
+        blade.ctl.request("set_mode", mode="inject")
+    mem = memory_by_node(stats)
+    share = mem[1] / (mem[0] + mem[1])
+    assert mem[0] + mem[1] > 1_000_000  # the chase itself misses the LLC on every load
+    assert low <= share <= high, mem
+
+
+def miss_ratio(blade: Blade, level: str, size: int) -> float:
+    cells = size // 64
+    _, stats = blade.counted(f"numactl --membind=0 ddc-ptrchase -p seq -s {size} -n {max(20 * cells, 400000)} -r 1")
+    counts = stats["total"]["levels"][level]
+    return counts["misses"] / (counts["hits"] + counts["misses"])
+
+
+@pytest.mark.parametrize("level,capacity", [("l1d", 32 << 10), ("l2", 1 << 20), ("llc", 16 << 20)])
+def test_miss_ratio_steps_at_each_level_capacity(blade: Blade, level: str, capacity: int) -> None:
+    # A sequential sweep: an LRU level holds it entirely below its capacity and
+    # misses on every line above it. The plugin counts the level's own accesses
+    # (what missed the levels above), so the ratio is the level's own.
+    blade.ctl.request("set_mode", mode="account")
+    try:
+        below = miss_ratio(blade, level, int(capacity / 1.25) // 4096 * 4096)
+        above = miss_ratio(blade, level, int(capacity * 1.25) // 4096 * 4096)
+    finally:
+        blade.ctl.request("set_mode", mode="inject")
+    assert below < 0.2, (below, above)
+    assert above > 0.8, (below, above)
+
+
+def chase_ns(blade: Blade, node: int) -> float:
+    out = blade.sh(f"numactl --membind={node} ddc-ptrchase -s 64M -n 200000 -r 3")
+    m = re.search(r"ns_per_load_median=([\d.]+)", out)
+    assert m, out
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("added,tolerance", [(400, 0.05), (900, 0.05), (150, 0.10)])
+def test_injected_latency_per_dependent_load(blade: Blade, added: int, tolerance: float) -> None:
+    # Changed at runtime: the blade is not rebooted between the parameters.
+    blade.link(latency_ns=LOCAL_NS + added, bandwidth_gbps=0)
+    diffs = []
+    for _ in range(5):  # node 0 and node 1 close together, repeated: TCG's own time drifts
+        local = chase_ns(blade, 0)
+        remote = chase_ns(blade, 1)
+        diffs.append(remote - local)
+    measured = statistics.median(diffs)
+    assert abs(measured - added) <= tolerance * added, diffs
+
+
+def test_bandwidth_cap(blade: Blade) -> None:
+    # No added latency, so only the link limits the stream: 1 GB/s, shared by both vCPUs.
+    blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=1)
+    try:
+        out = blade.sh("numactl --membind=1 ddc-stream -t 2 -s 256M -d 4 -m read")
+    finally:
+        blade.link(latency_ns=500, bandwidth_gbps=0)
+    m = re.search(r"^threads=2 .* gbps=([\d.]+)$", out, re.M)
+    assert m, out
+    assert abs(float(m.group(1)) - 1.0) <= 0.10, out
