@@ -26,6 +26,9 @@ def test_domain_xml_native_part() -> None:
     assert root.get("type") == "qemu"
     assert root.findtext("name") == "ddc-rack0-cb1"
     assert root.find("features/acpi") is not None, "HMAT is an ACPI table"
+    # node 0 is shared memory like the remote slices, so the host costs are alike
+    assert root.find("memoryBacking/source").get("type") == "memfd"
+    assert root.find("memoryBacking/access").get("mode") == "shared"
     cells = root.findall("cpu/numa/cell")
     assert [(c.get("id"), c.get("cpus"), c.get("memory")) for c in cells] == [("0", "0-1", str(GiB // 1024))]
     assert root.find("cpu").get("mode") == "maximum"
