@@ -90,6 +90,14 @@ def cmd_image_list(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image_prune(a: argparse.Namespace) -> int:
+    removed = testbed.prune_images()
+    for path in removed:
+        OUT.print(f"removed {path}")
+    OUT.print(f"{len(removed)} old image(s) removed")
+    return 0
+
+
 def cmd_up(a: argparse.Namespace) -> int:
     if a.dry_run:
         print(testbed.dry_run(a.file))
@@ -189,6 +197,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "image build": cmd_image_build,
     "image list": cmd_image_list,
+    "image prune": cmd_image_prune,
     "up": cmd_up,
     "down": cmd_down,
     "status": cmd_status,
@@ -212,6 +221,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("recipe", nargs="?", default="debian-bookworm")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     isub.add_parser("list", help="recipes and their cached images")
+    isub.add_parser("prune", help="remove cached images that are neither current nor in use")
 
     p = sub.add_parser("up", help="bring a testbed up and wait for SSH on every blade")
     p.add_argument("file")

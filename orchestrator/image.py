@@ -339,6 +339,22 @@ def cached_image(recipe: str) -> GuestImage | None:
     return image
 
 
+def prune_images(in_use: set[Path]) -> list[Path]:
+    """Remove cache entries that are no recipe's current image and that no
+    testbed boots from (``in_use``: their directories); return what went."""
+    current = {_entry(name, image_digest(name)) for name in recipe_names()}
+    removed = []
+    root = paths.image_cache()
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if entry.name.startswith(".") or not entry.is_dir() or entry in current or entry in in_use:
+            continue
+        if image_at(entry) is None and not (entry / MANIFEST).exists():
+            continue  # not an image of ours
+        _remove_tree(entry)
+        removed.append(entry)
+    return removed
+
+
 # --------------------------------------------------------------------------- build
 
 

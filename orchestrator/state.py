@@ -51,6 +51,7 @@ class TestbedState:
     accel: str = ""
     plugin: bool = False  # blades run the latency plugin (TCG and mode != off)
     hit_ns: dict[str, float] = field(default_factory=dict)  # cache level -> modelled hit time
+    image_dir: str = ""  # the cached image the blades' overlays are based on
     phase: str = Phase.CREATING
     created_at: float = field(default_factory=time.time)
     blades: dict[str, BladeRecord] = field(default_factory=dict)

@@ -111,7 +111,7 @@ def up(spec_file: str | Path, *, say: Say = _quiet, boot_timeout: float = BOOT_T
         lib = plugin.library() if use_plugin else None
         st = TestbedState(name=rack.name, spec_file=str(p.spec_file), spec_digest=p.digest,
                           uri=rack.uri, accel=accel, plugin=use_plugin,
-                          hit_ns={c.name: c.hit_ns for c in rack.caches})
+                          hit_ns={c.name: c.hit_ns for c in rack.caches}, image_dir=str(img.directory))
         st.save()
         try:
             with Hypervisor(rack.uri) as hv:
@@ -522,3 +522,16 @@ def set_link(name: str, memory_blade: str, latency_ns: int | None = None,
     if not changed:
         raise SpecError(f"no compute blade of {name!r} uses memory blade {memory_blade!r}")
     return changed
+
+
+def prune_images() -> list[Path]:
+    """Remove old guest images, keeping every recipe's current one and those in use."""
+    in_use = set()
+    for n in state.names():
+        st = state.load(n)
+        if st is not None and st.image_dir:
+            in_use.add(Path(st.image_dir))
+        elif st is not None:
+            raise StateError(f"testbed {n!r} predates image tracking; cannot tell which image it uses",
+                             hint=f"`ddc down {n}` first")
+    return images.prune_images(in_use)

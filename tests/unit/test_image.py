@@ -347,3 +347,18 @@ def test_initrd_init_builds_static_without_warnings(tmp_path: Path) -> None:
     subprocess.run(["gcc", "-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-o", init, source],
                    check=True, capture_output=True)
     assert init.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_prune_keeps_current_and_in_use(ddc_home: Path) -> None:
+    from orchestrator import image as img
+    from orchestrator import paths
+
+    root = paths.image_cache()
+    current = root / f"debian-bookworm-{img.image_digest('debian-bookworm')[:12]}"
+    old, used, foreign = root / "debian-bookworm-000000000000", root / "debian-bookworm-111111111111", root / "x"
+    for entry in (current, old, used):
+        entry.mkdir(parents=True)
+        (entry / img.MANIFEST).write_text("{}")
+    foreign.mkdir()
+    assert img.prune_images({used}) == [old]
+    assert current.is_dir() and used.is_dir() and foreign.is_dir() and not old.exists()
