@@ -301,6 +301,19 @@ int map_publish(const struct range *r, unsigned n, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * Publish a copy of the current map.  The access path compares the map
+ * pointer on every access, so this sends every vCPU through its slow path
+ * once, which is where it notices a pending deactivation (ddc.c).
+ */
+int map_republish(void)
+{
+    const struct map *m = __atomic_load_n(&g.map, __ATOMIC_ACQUIRE);
+    char err[256];
+
+    return map_publish(m->r, m->n, err, sizeof(err));
+}
+
 /* START:END:NODE[:BLADE], START and END in hex (0x optional), BLADE a name
  * or an index. */
 static int parse_range(const char *spec, struct range *r, char *err, size_t errlen)
@@ -410,6 +423,14 @@ int parse_options(int argc, char **argv, char *err, size_t errlen)
             } else {
                 return fail(err, errlen, "insns=%s: use on or off", v);
             }
+        } else if (KEY("active")) {
+            if (!strcmp(v, "on")) {
+                g.active = g.want = true;
+            } else if (!strcmp(v, "off")) {
+                g.active = g.want = false;
+            } else {
+                return fail(err, errlen, "active=%s: use on or off", v);
+            }
         } else if (KEY("blade")) {
             if (nblades == MAX_BLADES) {
                 return fail(err, errlen, "too many blade= options (max %d)", MAX_BLADES);
@@ -440,7 +461,7 @@ int parse_options(int argc, char **argv, char *err, size_t errlen)
             snprintf(g.stats_path, sizeof(g.stats_path), "%s", v);
         } else {
             return fail(err, errlen, "unknown option '%.*s' (valid: mode, local_ns, batch_ns, insns, "
-                        "blade, range, cache, sock, stats)", (int)klen, argv[i]);
+                        "active, blade, range, cache, sock, stats)", (int)klen, argv[i]);
         }
 #undef KEY
     }

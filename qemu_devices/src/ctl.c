@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ddc.h"
@@ -26,9 +27,11 @@ struct client {
     int fd;
     char *buf;
     size_t len, cap;
+    bool waiting;           /* sent activate/deactivate; answered once it is in effect */
 };
 
 static struct client clients[MAX_CLIENTS];
+static int arm_after_unlock = -1;   /* a switch to arm once ctl_lock is dropped */
 static const struct timeval send_timeout = { .tv_sec = 5 };
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -197,6 +200,37 @@ static int cmd_set_mode(const struct jval *req, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * activate / deactivate.  1: the reply waits until the switch is in effect
+ * (a vCPU must run some code for that, see ddc.c); 0: reply now.
+ */
+static int cmd_switch(const struct jval *req, bool on, struct sbuf *out, char *err, size_t errlen)
+{
+    static const char *const keys[] = { "wait", NULL };
+    const struct jval *w = json_get(req, "wait");
+
+    if (only_keys(req, keys, err, errlen)) {
+        return -1;
+    }
+    if (w && w->type != J_BOOL) {
+        return fail(err, errlen, "wait must be true or false");
+    }
+    switch (switch_request(on)) {
+    case SW_DONE:
+        sb_printf(out, "{\"ok\":true,\"active\":%s}", on ? "true" : "false");
+        return 0;
+    case SW_ARM:
+        arm_after_unlock = on;
+        break;
+    }
+    if (w && !w->b) {
+        sb_printf(out, "{\"ok\":true,\"active\":%s,\"pending\":true}",
+                  LOAD(&g.active) ? "true" : "false");
+        return 0;
+    }
+    return 1;
+}
+
 static int cmd_no_args(const struct jval *req, char *err, size_t errlen)
 {
     static const char *const keys[] = { NULL };
@@ -204,8 +238,9 @@ static int cmd_no_args(const struct jval *req, char *err, size_t errlen)
     return only_keys(req, keys, err, errlen);
 }
 
-/* Handle one request line; the reply (one line, no newline) goes into out. */
-static void handle(const char *line, struct sbuf *out)
+/* Handle one request line; the reply (one line, no newline) goes into out.
+ * true: no reply yet, the client waits for a switch (see on_switch_event). */
+static bool handle(const char *line, struct sbuf *out)
 {
     char err[512] = "";
     struct jval *req = json_parse(line, err, sizeof(err));
@@ -243,11 +278,21 @@ static void handle(const char *line, struct sbuf *out)
         rc = cmd_set_local_latency(req, err, sizeof(err));
     } else if (!strcmp(cmd->str, "set_mode")) {
         rc = cmd_set_mode(req, err, sizeof(err));
+    } else if (!strcmp(cmd->str, "activate") || !strcmp(cmd->str, "deactivate")) {
+        rc = cmd_switch(req, !strcmp(cmd->str, "activate"), out, err, sizeof(err));
     } else {
         snprintf(err, sizeof(err), "unknown cmd '%s' (valid: stats, config, reset, set_map, "
-                 "set_link, set_local_latency, set_mode)", cmd->str);
+                 "set_link, set_local_latency, set_mode, activate, deactivate)", cmd->str);
     }
     pthread_mutex_unlock(&g.ctl_lock);
+    if (arm_after_unlock >= 0) {
+        switch_arm(arm_after_unlock);
+        arm_after_unlock = -1;
+    }
+    if (rc == 1) {
+        json_free(req);
+        return true;
+    }
 reply:
     if (rc == 0 && out->len == 0) {
         sb_puts(out, "{\"ok\":true}");
@@ -258,6 +303,7 @@ reply:
         sb_putc(out, '}');
     }
     json_free(req);
+    return false;
 }
 
 /* ---- the server thread --------------------------------------------------- */
@@ -286,10 +332,38 @@ static bool send_all(int fd, const char *p, size_t n)
     return true;
 }
 
-/* Read what is there; answer every complete line.  false: drop the client. */
-static bool client_read(struct client *c)
+/* Answer every complete line buffered, up to one that has to wait.
+ * false: drop the client. */
+static bool client_serve(struct client *c)
 {
     char *nl;
+
+    while (!c->waiting && (nl = memchr(c->buf, '\n', c->len))) {
+        struct sbuf out = { 0 };
+        size_t used = (size_t)(nl - c->buf) + 1;
+        bool ok = true;
+        *nl = 0;
+        if (nl > c->buf && nl[-1] == '\r') {
+            nl[-1] = 0;
+        }
+        c->waiting = handle(c->buf, &out);
+        if (!c->waiting) {
+            sb_putc(&out, '\n');
+            ok = send_all(c->fd, out.p, out.len);
+        }
+        free(out.p);
+        memmove(c->buf, c->buf + used, c->len - used + 1);
+        c->len -= used;
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Read what is there; answer what can be answered.  false: drop the client. */
+static bool client_read(struct client *c)
+{
     ssize_t r;
 
     if (c->cap - c->len < 4096) {
@@ -310,40 +384,66 @@ static bool client_read(struct client *c)
     }
     c->len += (size_t)r;
     c->buf[c->len] = 0;
-    while ((nl = memchr(c->buf, '\n', c->len))) {
-        struct sbuf out = { 0 };
-        size_t used = (size_t)(nl - c->buf) + 1;
-        bool ok;
-        *nl = 0;
-        if (nl > c->buf && nl[-1] == '\r') {
-            nl[-1] = 0;
+    return client_serve(c);
+}
+
+/* A vCPU finished a switch (ddc.c on_reset): answer the clients waiting for
+ * it once the state is the one last asked for, or start the next switch. */
+static void on_switch_event(void)
+{
+    char drain[64];
+    bool settled, on;
+
+    while (read(g.event_pipe[0], drain, sizeof(drain)) > 0) {
+    }
+    pthread_mutex_lock(&g.ctl_lock);
+    switch_done();
+    on = LOAD(&g.want);
+    settled = switch_settled();
+    if (!settled && switch_request(on) == SW_ARM) {
+        arm_after_unlock = on;
+    }
+    on = LOAD(&g.active);
+    pthread_mutex_unlock(&g.ctl_lock);
+    if (arm_after_unlock >= 0) {
+        switch_arm(arm_after_unlock);
+        arm_after_unlock = -1;
+    }
+    if (!settled) {
+        return;
+    }
+    for (int i = 0; i < MAX_CLIENTS; i++) {
+        struct client *c = &clients[i];
+        char reply[48];
+        int n;
+        if (c->fd < 0 || !c->waiting) {
+            continue;
         }
-        handle(c->buf, &out);
-        sb_putc(&out, '\n');
-        ok = send_all(c->fd, out.p, out.len);
-        free(out.p);
-        memmove(c->buf, c->buf + used, c->len - used + 1);
-        c->len -= used;
-        if (!ok) {
-            return false;
+        n = snprintf(reply, sizeof(reply), "{\"ok\":true,\"active\":%s}\n", on ? "true" : "false");
+        c->waiting = false;
+        if (!send_all(c->fd, reply, (size_t)n) || !client_serve(c)) {
+            client_close(c);
         }
     }
-    return true;
 }
 
 static void *ctl_main(void *arg)
 {
     (void)arg;
     for (;;) {
-        struct pollfd pf[MAX_CLIENTS + 2];
+        struct pollfd pf[MAX_CLIENTS + 3];
         int n = 0, map[MAX_CLIENTS];
 
         pf[n++] = (struct pollfd){ .fd = g.wake_pipe[0], .events = POLLIN };
         pf[n++] = (struct pollfd){ .fd = g.listen_fd, .events = POLLIN };
+        pf[n++] = (struct pollfd){ .fd = g.event_pipe[0], .events = POLLIN };
         for (int i = 0; i < MAX_CLIENTS; i++) {
             if (clients[i].fd >= 0) {
-                map[n - 2] = i;
-                pf[n++] = (struct pollfd){ .fd = clients[i].fd, .events = POLLIN };
+                /* A waiting client's next requests stay unread (replies
+                 * keep their order); a hang-up is still reported. */
+                map[n - 3] = i;
+                pf[n++] = (struct pollfd){ .fd = clients[i].fd,
+                                           .events = clients[i].waiting ? 0 : POLLIN };
             }
         }
         if (poll(pf, (nfds_t)n, -1) < 0) {
@@ -355,10 +455,17 @@ static void *ctl_main(void *arg)
         if (pf[0].revents) {
             break;
         }
-        for (int k = 2; k < n; k++) {
-            if (pf[k].revents && !client_read(&clients[map[k - 2]])) {
-                client_close(&clients[map[k - 2]]);
+        for (int k = 3; k < n; k++) {
+            struct client *c = &clients[map[k - 3]];
+            if (!pf[k].revents) {
+                continue;
             }
+            if (c->waiting ? true : !client_read(c)) {
+                client_close(c);
+            }
+        }
+        if (pf[2].revents) {
+            on_switch_event();
         }
         if (pf[1].revents & POLLIN) {
             int fd = accept4(g.listen_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -441,7 +548,8 @@ int ctl_start(char *err, size_t errlen)
         unlink(sa.sun_path);
         return fail(err, errlen, "sock=%s: %s", sa.sun_path, strerror(rc));
     }
-    if (pipe2(g.wake_pipe, O_CLOEXEC) < 0) {
+    /* event_pipe is written by a vCPU thread: it must never block there. */
+    if (pipe2(g.wake_pipe, O_CLOEXEC) < 0 || pipe2(g.event_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
         rc = errno;
         ctl_stop();
         return fail(err, errlen, "pipe: %s", strerror(rc));
@@ -463,8 +571,21 @@ void ctl_stop(void)
 {
     if (g.ctl_running) {
         ssize_t w = write(g.wake_pipe[1], "x", 1);
+        struct timespec dl;
         (void)w;
-        pthread_join(g.ctl_thread, NULL);
+        /* Bounded: the control thread may be stuck registering a kick on
+         * QEMU's plugin lock, which user mode's exit path (our caller) holds.
+         * Then it is left behind (the process is exiting) with its fds. */
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += 2;
+        if (pthread_timedjoin_np(g.ctl_thread, NULL, &dl)) {
+            fprintf(stderr, "libddc: control thread did not stop; exiting without it\n");
+            g.ctl_running = false;
+            if (g.listen_fd >= 0) {
+                unlink(g.sock_path);
+            }
+            return;
+        }
         g.ctl_running = false;
     }
     for (int i = 0; i < 2; i++) {
@@ -473,6 +594,8 @@ void ctl_stop(void)
             g.wake_pipe[i] = -1;
         }
     }
+    /* event_pipe stays open: a vCPU may still finish a switch and write to
+     * it, and a pipe without a reader would raise SIGPIPE in that vCPU. */
     if (g.listen_fd >= 0) {
         close(g.listen_fd);
         g.listen_fd = -1;

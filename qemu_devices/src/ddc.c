@@ -8,6 +8,7 @@
  * See README.md for the options and the control protocol.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -26,10 +27,15 @@ struct ddc g = {
     .local_ns = 100,
     .batch_ns = 20000,
     .count_insns = true,
+    .active = true,
+    .want = true,
     .ctl_lock = PTHREAD_MUTEX_INITIALIZER,
     .listen_fd = -1,
     .wake_pipe = { -1, -1 },
+    .event_pipe = { -1, -1 },
 };
+
+static void kick(void);
 
 uint64_t mono_ns(void)
 {
@@ -151,24 +157,14 @@ static void charge(struct vcpu *v, const struct range *r, uint32_t node)
 }
 
 /*
- * One line through the hierarchy.  Level 0 is private (config.c insists):
- * its set is looked up here first, and a hit on the set's MRU tag, the
- * common case, returns before anything else is touched.  Level-0 hits are
- * not counted: stats.c derives them.
+ * The rest of a line's way through the hierarchy, once it is known not to
+ * be the L1 set's MRU line: kept out of line so that the check before it
+ * stays inline in the access callbacks.
  */
-static inline void access_addr(struct vcpu *v, uint64_t a, const struct range *r, uint32_t node)
+static void __attribute__((noinline)) access_slow(struct vcpu *v, uint64_t a, uint64_t line,
+                                                  uint64_t *t, const struct range *r, uint32_t node)
 {
-    uint64_t line = a >> g.levels[0].line_shift;
-    struct cache *c0 = &v->priv[0];
-    uint64_t *t;
-
-    /* The previous line is MRU in its L1 set: a hit with no LRU change. */
-    if (line == v->last_line) {
-        return;
-    }
-    v->last_line = line;
-    t = set_of(c0, line);
-    if (t[0] == line + 1 || lru_access(t, c0->ways, line + 1)) {
+    if (lru_access(t, v->l1_ways, line + 1)) {
         return;
     }
     BUMP(&v->c[C_MISS0], 1);
@@ -187,6 +183,30 @@ static inline void access_addr(struct vcpu *v, uint64_t a, const struct range *r
 }
 
 /*
+ * One line through the hierarchy.  Level 0 is private (config.c insists):
+ * its set is looked up here first, and a hit on the set's MRU tag, the
+ * common case, returns before anything else is touched.  Level-0 hits are
+ * not counted: stats.c derives them.
+ */
+static inline __attribute__((always_inline)) void access_addr(struct vcpu *v, uint64_t a,
+                                                              const struct range *r, uint32_t node)
+{
+    uint64_t line = a >> v->l1_shift;
+    uint64_t *t;
+
+    /* The previous line is MRU in its L1 set: a hit with no LRU change. */
+    if (line == v->last_line) {
+        return;
+    }
+    v->last_line = line;
+    t = __builtin_expect(v->l1_set_mask != 0, 1) ? v->l1_tags + (line & v->l1_set_mask) * v->l1_ways
+                                                  : set_of(&v->priv[0], line);
+    if (__builtin_expect(t[0] != line + 1, 0)) {
+        access_slow(v, a, line, t, r, node);
+    }
+}
+
+/*
  * qemu_plugin_mem_is_store() is a call per access (about 2 ns, 15% of our
  * access path).  QEMU 7.2 up to at least 9.x encodes the direction as
  * (rw << 16) in the meminfo word, so read the bit directly; the first
@@ -198,53 +218,74 @@ static inline void access_addr(struct vcpu *v, uint64_t a, const struct range *r
 
 static bool decode_ok = true;
 
-static inline bool is_store(struct vcpu *v, qemu_plugin_meminfo_t info)
+static bool __attribute__((noinline, cold)) is_store_checked(struct vcpu *v, qemu_plugin_meminfo_t info,
+                                                             bool fast)
 {
-    bool fast = info & MEMINFO_STORE_BIT;
+    bool api = qemu_plugin_mem_is_store(info);
 
-    if (__builtin_expect(v->decode_checks != 0, 0)) {
+    if (v->decode_checks) {
         v->decode_checks--;
-        if (fast != qemu_plugin_mem_is_store(info) &&
-            __atomic_exchange_n(&decode_ok, false, __ATOMIC_RELAXED)) {
+        if (fast != api && __atomic_exchange_n(&decode_ok, false, __ATOMIC_RELAXED)) {
             fprintf(stderr, "libddc: meminfo encoding differs from QEMU 7.2's; "
                     "using qemu_plugin_mem_is_store()\n");
         }
     }
-    return __builtin_expect(__atomic_load_n(&decode_ok, __ATOMIC_RELAXED), 1)
-           ? fast : qemu_plugin_mem_is_store(info);
+    return api;
 }
 
-static void vcpu_mem(unsigned int idx, qemu_plugin_meminfo_t info, uint64_t vaddr, void *ud)
+static inline bool is_store(struct vcpu *v, qemu_plugin_meminfo_t info)
 {
-    struct vcpu *v = idx < MAX_VCPUS ? __atomic_load_n(&g.vcpus[idx], __ATOMIC_RELAXED) : NULL;
-    struct qemu_plugin_hwaddr *hw;
+    bool fast = info & MEMINFO_STORE_BIT;
+
+    if (__builtin_expect(v->decode_checks != 0 || !__atomic_load_n(&decode_ok, __ATOMIC_RELAXED), 0)) {
+        return is_store_checked(v, info, fast);
+    }
+    return fast;
+}
+
+/* The range cache missed (another range, or a new map): search the map. */
+static const struct range *__attribute__((noinline)) map_refresh(struct vcpu *v, const struct map *m,
+                                                                 uint64_t a)
+{
+    const struct range *r = map_find(m, a, &v->rc_lo, &v->rc_hi);
+
+    v->map = m;
+    v->rc = r;
+    kick();  /* a deactivation republishes the map to get here */
+    return r;
+}
+
+/* An access that may straddle two L1 lines: the first line, then, if it
+ * does straddle, the second. */
+static void __attribute__((noinline)) access_split(struct vcpu *v, qemu_plugin_meminfo_t info,
+                                                   uint64_t a, const struct range *r, uint32_t node)
+{
+    unsigned size = 1u << qemu_plugin_mem_size_shift(info);
+
+    access_addr(v, a, r, node);
+    if ((a & ((1u << v->l1_shift) - 1)) + size > (1u << v->l1_shift)) {
+        BUMP(&v->c[C_SPLIT], 1);
+        access_addr(v, a + size - 1, r, node);
+    }
+}
+
+/* One access at address a (physical, or virtual in user mode). */
+static inline __attribute__((always_inline)) void model_access(struct vcpu *v,
+                                                               qemu_plugin_meminfo_t info, uint64_t a)
+{
     const struct map *m;
     const struct range *r;
-    uint64_t a, off;
+    uint64_t line;
     uint32_t node;
+    bool st;
 
-    (void)ud;
-    if (__builtin_expect(!v, 0)) {
-        return;
-    }
-    hw = qemu_plugin_get_hwaddr(info, vaddr);
-    if (hw) {
-        if (qemu_plugin_hwaddr_is_io(hw)) {
-            BUMP(&v->c[C_IO], 1);
-            return;
-        }
-        a = qemu_plugin_hwaddr_phys_addr(hw);
-    } else {
-        a = vaddr;  /* user mode: no hwaddr, model the virtual address space */
-    }
-    BUMP(&v->c[is_store(v, info) ? C_STORES : C_LOADS], 1);
+    st = is_store(v, info);
+    BUMP(&v->c[C_LOADS + st], 1);
 
     m = __atomic_load_n(&g.map, __ATOMIC_ACQUIRE);
     r = v->rc;
     if (__builtin_expect(v->map != m || a - v->rc_lo >= v->rc_hi - v->rc_lo, 0)) {
-        r = map_find(m, a, &v->rc_lo, &v->rc_hi);
-        v->map = m;
-        v->rc = r;
+        r = map_refresh(v, m, a);
     }
     node = 0;
     if (r) {
@@ -253,26 +294,65 @@ static void vcpu_mem(unsigned int idx, qemu_plugin_meminfo_t info, uint64_t vadd
         BUMP(&v->c[C_NODE_ACC0 + node], 1);
     }
 
-    if (!g.nlevels) {
+    if (__builtin_expect(!g.nlevels, 0)) {
         charge(v, r, node);
         return;
     }
-    access_addr(v, a, r, node);
     /* Accesses are at most 16 bytes in 7.2 (MO_128): only one that starts
-     * in the last 15 bytes of a line can straddle two; ask its size then. */
-    off = a & (g.levels[0].line - 1);
-    if (__builtin_expect(off + 16 > g.levels[0].line, 0)) {
-        unsigned size = 1u << qemu_plugin_mem_size_shift(info);
-        if (off + size > g.levels[0].line) {
-            BUMP(&v->c[C_SPLIT], 1);
-            access_addr(v, a + size - 1, r, node);
-        }
+     * in the last 15 bytes of a line can straddle two; ask its size then.
+     * Either way the slow paths are tail calls, so the common case (an L1
+     * hit) needs no stack frame. */
+    line = 1u << v->l1_shift;
+    if (__builtin_expect((a & (line - 1)) + 16 > line, 0)) {
+        access_split(v, info, a, r, node);
+        return;
+    }
+    access_addr(v, a, r, node);
+}
+
+static inline struct vcpu *vcpu_of(unsigned int idx)
+{
+    return idx < MAX_VCPUS ? __atomic_load_n(&g.vcpus[idx], __ATOMIC_RELAXED) : NULL;
+}
+
+/* System mode: model the physical address; MMIO is only counted. */
+static void vcpu_mem_sys(unsigned int idx, qemu_plugin_meminfo_t info, uint64_t vaddr, void *ud)
+{
+    struct vcpu *v = vcpu_of(idx);
+    struct qemu_plugin_hwaddr *hw;
+
+    (void)ud;
+    if (__builtin_expect(!v, 0)) {
+        return;
+    }
+    hw = qemu_plugin_get_hwaddr(info, vaddr);
+    if (!hw) {
+        model_access(v, info, vaddr);   /* not expected in system mode; as user mode */
+    } else if (qemu_plugin_hwaddr_is_io(hw)) {
+        BUMP(&v->c[C_IO], 1);
+    } else {
+        model_access(v, info, qemu_plugin_hwaddr_phys_addr(hw));
     }
 }
 
+/* User mode has no hwaddr (the API returns NULL): model the virtual address
+ * space, and save the call. */
+static void vcpu_mem_user(unsigned int idx, qemu_plugin_meminfo_t info, uint64_t vaddr, void *ud)
+{
+    struct vcpu *v = vcpu_of(idx);
+
+    (void)ud;
+    if (__builtin_expect(v != NULL, 1)) {
+        model_access(v, info, vaddr);
+    }
+}
+
+_Static_assert(offsetof(struct vcpu, l1_shift) < 64, "the hot fields of struct vcpu span two lines");
+_Static_assert(C_STORES == C_LOADS + 1, "model_access indexes the two by is_store");
+
 static void vcpu_tb_exec(unsigned int idx, void *ud)
 {
-    struct vcpu *v = idx < MAX_VCPUS ? __atomic_load_n(&g.vcpus[idx], __ATOMIC_RELAXED) : NULL;
+    struct vcpu *v = vcpu_of(idx);
 
     if (v) {
         BUMP(&v->c[C_INSNS], (uint64_t)(uintptr_t)ud);
@@ -284,6 +364,7 @@ static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     size_t n = qemu_plugin_tb_n_insns(tb);
 
     (void)id;
+    kick();
     /* One callback per TB carrying its length: counts insns with a TB's
      * worth of precision (a TB cut short by an exception still counts whole).
      * It is a helper call per TB, hence insns=off for the leanest runs. */
@@ -297,8 +378,169 @@ static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
      * MEM_W callbacks, a store fires both), see op_rw() in plugin-gen.c.
      */
     for (size_t i = 0; i < n; i++) {
-        qemu_plugin_register_vcpu_mem_cb(qemu_plugin_tb_get_insn(tb, i), vcpu_mem,
+        qemu_plugin_register_vcpu_mem_cb(qemu_plugin_tb_get_insn(tb, i),
+                                         g.system_emulation ? vcpu_mem_sys : vcpu_mem_user,
                                          QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_MEM_RW, NULL);
+    }
+}
+
+/* ---- activation ----------------------------------------------------------
+ *
+ * Inactive, the plugin registers no translation callback, so translated code
+ * carries no instrumentation at all (plain TCG speed) and no counter moves.
+ * Switching means changing what is in the translated code: only
+ * qemu_plugin_reset() does that safely (it unregisters every callback and
+ * flushes the TB cache in an exclusive section, then calls us back to
+ * register again).  But in QEMU 7.2 it flushes only when called on a vCPU
+ * thread (it uses current_cpu; from any other thread it just drops the
+ * callbacks and leaves stale code in the cache).  So the control thread only
+ * arms "kicks", callbacks that run on vCPU threads and make the call:
+ *
+ *   deactivate: the access path (a republished map sends each vCPU through
+ *               its slow path once) and the translation callback;
+ *   activate:   a translation callback that instruments nothing, and the
+ *               syscall-return (user mode) and resume-from-idle (system
+ *               mode) callbacks.
+ *
+ * The kicks are armed (registered) first and only then switching becomes
+ * SW_REQUESTED, so the reset that drops them cannot race with arming; the
+ * control thread is the only one to start a switch (SW_IDLE -> SW_ARMING).
+ */
+
+static void on_reset(qemu_plugin_id_t id);
+
+static void kick(void)
+{
+    int expect = SW_REQUESTED;
+
+    if (__builtin_expect(__atomic_load_n(&g.switching, __ATOMIC_RELAXED) == SW_REQUESTED, 0) &&
+        __atomic_compare_exchange_n(&g.switching, &expect, SW_RESETTING, false, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_RELAXED)) {
+        qemu_plugin_reset(g.plugin_id, on_reset);
+    }
+}
+
+static void kick_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+    (void)id;
+    (void)tb;
+    kick();
+}
+
+static void kick_syscall_ret(qemu_plugin_id_t id, unsigned int idx, int64_t num, int64_t ret)
+{
+    (void)id;
+    (void)idx;
+    (void)num;
+    (void)ret;
+    kick();
+}
+
+static void kick_resume(qemu_plugin_id_t id, unsigned int idx)
+{
+    (void)id;
+    (void)idx;
+    kick();
+}
+
+static void vcpu_init(qemu_plugin_id_t id, unsigned int idx);
+static void plugin_exit(qemu_plugin_id_t id, void *p);
+
+/* The callbacks that stay whatever the state: none is in translated code. */
+static void register_always(qemu_plugin_id_t id)
+{
+    qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
+    qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);
+}
+
+uint64_t active_ns_now(void)
+{
+    return g.active_ns + (g.acct_active ? mono_ns() - g.active_since : 0);
+}
+
+/*
+ * Called by QEMU on the vCPU thread that kicked, with every vCPU stopped, the
+ * TB cache flushed and all our callbacks gone: register what the new state
+ * needs, then tell the control thread (which does the time bookkeeping in
+ * switch_done and answers the clients waiting for the switch).
+ */
+static void on_reset(qemu_plugin_id_t id)
+{
+    bool on = __atomic_load_n(&g.want, __ATOMIC_ACQUIRE);
+    ssize_t w;
+
+    register_always(id);
+    if (on) {
+        qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
+    }
+    __atomic_store_n(&g.switched_at, mono_ns(), __ATOMIC_RELAXED);
+    __atomic_store_n(&g.active, on, __ATOMIC_RELEASE);
+    __atomic_store_n(&g.switching, SW_IDLE, __ATOMIC_RELEASE);
+    if (g.event_pipe[1] >= 0) {
+        w = write(g.event_pipe[1], "s", 1);
+        (void)w;
+    }
+}
+
+void switch_done(void)
+{
+    bool on = __atomic_load_n(&g.active, __ATOMIC_ACQUIRE);
+
+    if (on == g.acct_active) {
+        return;
+    }
+    if (on) {
+        g.active_since = __atomic_load_n(&g.switched_at, __ATOMIC_RELAXED);
+    } else {
+        g.active_ns += __atomic_load_n(&g.switched_at, __ATOMIC_RELAXED) - g.active_since;
+    }
+    g.acct_active = on;
+}
+
+bool switch_settled(void)
+{
+    return __atomic_load_n(&g.switching, __ATOMIC_ACQUIRE) == SW_IDLE &&
+           LOAD(&g.active) == LOAD(&g.want);
+}
+
+int switch_request(bool on)
+{
+    int expect = SW_IDLE;
+
+    __atomic_store_n(&g.want, on, __ATOMIC_RELEASE);
+    if (LOAD(&g.switching) != SW_IDLE) {
+        return SW_WAIT;     /* on_reset reads want; the control thread re-checks after */
+    }
+    if (LOAD(&g.active) == on) {
+        return SW_DONE;
+    }
+    __atomic_compare_exchange_n(&g.switching, &expect, SW_ARMING, false, __ATOMIC_ACQ_REL,
+                                __ATOMIC_RELAXED);
+    return SW_ARM;
+}
+
+/*
+ * Arm the kicks, without ctl_lock: registering takes QEMU's plugin lock,
+ * which user mode's exit path holds while it runs our at-exit callback;
+ * that callback joins the control thread and then takes ctl_lock.
+ */
+void switch_arm(bool on)
+{
+    qemu_plugin_id_t id = g.plugin_id;
+
+    if (on) {
+        qemu_plugin_register_vcpu_tb_trans_cb(id, kick_tb_trans);
+    }
+    if (g.system_emulation) {
+        qemu_plugin_register_vcpu_resume_cb(id, kick_resume);
+    } else {
+        qemu_plugin_register_vcpu_syscall_ret_cb(id, kick_syscall_ret);
+    }
+    __atomic_store_n(&g.switching, SW_REQUESTED, __ATOMIC_RELEASE);
+    if (!on) {
+        pthread_mutex_lock(&g.ctl_lock);
+        map_republish();
+        pthread_mutex_unlock(&g.ctl_lock);
     }
 }
 
@@ -317,10 +559,10 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int idx)
     if (g.vcpus[idx]) {
         return;  /* user mode reuses the index of an exited thread: keep its state */
     }
-    v = calloc(1, sizeof(*v));
-    if (!v) {
+    if (posix_memalign((void **)&v, 64, sizeof(*v))) {
         abort();
     }
+    memset(v, 0, sizeof(*v));
     v->index = idx;
     v->decode_checks = DECODE_CHECKS;
     v->last_line = UINT64_MAX;
@@ -329,6 +571,16 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int idx)
             fprintf(stderr, "libddc: out of memory for vCPU %u's %s\n", idx, g.levels[i].name);
             abort();
         }
+    }
+    if (g.nlevels) {
+        v->l1_tags = v->priv[0].tags;
+        v->l1_set_mask = v->priv[0].set_mask;
+        v->l1_ways = (uint16_t)g.levels[0].ways;
+        v->l1_shift = (uint8_t)g.levels[0].line_shift;
+    }
+    /* see cache_access_shared: from now on, shared levels lock */
+    if (__atomic_fetch_add(&g.vcpus_seen, 1, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&g.multi_vcpu, true, __ATOMIC_SEQ_CST);
     }
     __atomic_store_n(&g.vcpus[idx], v, __ATOMIC_RELEASE);
 }
@@ -359,7 +611,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
 {
     char err[512];
 
-    g.t0_ns = g.reset_ns = mono_ns();
+    g.t0_ns = g.reset_ns = g.active_since = mono_ns();
+    g.plugin_id = id;
     g.pid = (int)getpid();
     g.system_emulation = info->system_emulation;
     snprintf(g.target, sizeof(g.target), "%s", info->target_name);
@@ -368,6 +621,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         fprintf(stderr, "libddc: %s\n", err);
         return -1;
     }
+    g.acct_active = g.active;
     for (unsigned i = 0; i < g.nlevels; i++) {
         if (g.levels[i].shared && cache_init(&g.shared[i], &g.levels[i])) {
             fprintf(stderr, "libddc: out of memory for the shared %s\n", g.levels[i].name);
@@ -378,8 +632,9 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         fprintf(stderr, "libddc: %s\n", err);
         return -1;
     }
-    qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
-    qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
-    qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);
+    register_always(id);
+    if (g.active) {
+        qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
+    }
     return 0;
 }

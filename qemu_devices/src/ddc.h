@@ -12,8 +12,13 @@
  *    atomics written by the control thread under g.ctl_lock; the access path
  *    reads them without any lock.
  *  - Nothing on the access path allocates, blocks on a lock, or makes a
- *    syscall, except the batched stall in inject mode and the shared-level
- *    per-set spinlock.
+ *    syscall, except the batched stall in inject mode, the shared-level
+ *    per-set spinlock (only with two vCPUs or more), and, once per switch,
+ *    the qemu_plugin_reset() call that (de)activates the plugin.
+ *  - Activation (ddc.c): the control thread registers callbacks ("kicks")
+ *    and never holds ctl_lock while doing so; a vCPU thread calls
+ *    qemu_plugin_reset() and, from QEMU's callback, registers the new state
+ *    and writes event_pipe; the control thread answers the waiting clients.
  */
 #ifndef DDC_H
 #define DDC_H
@@ -109,20 +114,26 @@ enum {
 };
 
 struct vcpu {
-    /* hot: read on every access */
+    /* hot: what an access that hits the L1 reads and writes, in one
+     * 64-byte line (checked by a static assertion in ddc.c) */
     uint64_t last_line;         /* L1 line of the previous access (MRU shortcut) */
     const struct map *map;      /* map the range cache below belongs to */
     const struct range *rc;     /* range holding [rc_lo, rc_hi), NULL = local gap */
     uint64_t rc_lo, rc_hi;
+    uint64_t *l1_tags;          /* copies of priv[0]'s fields and of g.levels[0] */
+    uint64_t l1_set_mask;       /* sets - 1, or 0 when sets is not a power of two */
+    uint32_t decode_checks;     /* accesses left to cross-check is_store (ddc.c) */
+    uint16_t l1_ways;
+    uint8_t l1_shift;           /* log2(L1 line) */
+    /* warm */
     int64_t owed_ns;            /* atomic; inject mode: stall not yet paid (may be < 0) */
     uint64_t skew_ns;           /* account mode: modelled stall so far (link clock) */
     bool slack_set;
     unsigned index;
-    uint32_t decode_checks;     /* accesses left to cross-check is_store (ddc.c) */
     struct cache priv[MAX_LEVELS];  /* .tags == NULL for shared levels */
     uint64_t c[NCOUNTERS];      /* written by this vCPU only */
     uint64_t base[NCOUNTERS];   /* snapshot at the last reset; control thread only */
-};
+} __attribute__((aligned(64)));
 
 /* ---- the plugin's global state ----------------------------------------- */
 
@@ -134,14 +145,30 @@ struct ddc {
     char stats_path[4096];
     uint64_t batch_ns;
     bool count_insns;           /* insns=on: one exec callback per TB */
+    uint64_t plugin_id;         /* qemu_plugin_id_t, for qemu_plugin_reset() */
     bool system_emulation;
     char target[32];
 
     /* runtime knobs (atomics) */
+    int multi_vcpu;             /* atomic bool: a second vCPU exists; shared levels lock */
+    unsigned vcpus_seen;        /* atomic; vcpu_init calls so far */
     int mode;
     uint64_t local_ns;
     struct map *map;            /* atomic pointer, release/acquire */
     unsigned nblades;           /* atomic; blades[0..nblades) are valid */
+
+    /* Runtime activation (ddc.c, "Activation").  active is what translated
+     * code does now; want is what the control thread asked for; switching
+     * is SW_IDLE, SW_REQUESTED (kicks armed) or SW_RESETTING (a vCPU called
+     * qemu_plugin_reset and the flush is under way). */
+    int active;                 /* atomic bool */
+    int want;                   /* atomic bool */
+    int switching;              /* atomic, SW_* */
+    uint64_t switched_at;       /* atomic; CLOCK_MONOTONIC of the last switch */
+    bool acct_active;           /* ctl_lock: the state active_ns accounts for */
+    uint64_t active_ns;         /* ctl_lock: time active before active_since */
+    uint64_t active_since;      /* ctl_lock: CLOCK_MONOTONIC of the last activation */
+    int event_pipe[2];          /* a switch completed: wakes the control thread */
 
     struct blade blades[MAX_BLADES];
     struct cache shared[MAX_LEVELS];   /* .tags != NULL only for shared levels */
@@ -163,8 +190,21 @@ struct ddc {
 
 extern struct ddc g;
 
+enum { SW_IDLE, SW_ARMING, SW_REQUESTED, SW_RESETTING };
+enum { SW_DONE, SW_WAIT, SW_ARM };  /* switch_request() */
+
 /* time */
 uint64_t mono_ns(void);
+
+/* ddc.c: activation, called by the control thread.  switch_request (under
+ * ctl_lock) returns SW_DONE when the state asked for is already in effect,
+ * SW_WAIT when a switch is under way (switch_settled tells when it is done),
+ * SW_ARM when the caller must call switch_arm once it has dropped ctl_lock. */
+int switch_request(bool on);
+void switch_arm(bool on);
+bool switch_settled(void);
+void switch_done(void);         /* after each completed switch: time bookkeeping */
+uint64_t active_ns_now(void);
 
 /* cache.c (lookups: cache.h) */
 int cache_init(struct cache *c, const struct level_cfg *cfg);
@@ -179,6 +219,7 @@ int blade_find(const char *name);
 int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbps,
               char *err, size_t errlen);
 int map_publish(const struct range *r, unsigned n, char *err, size_t errlen);
+int map_republish(void);
 uint64_t llc_line_bytes(void);
 
 /* stats.c */

@@ -160,10 +160,12 @@ void stats_render(struct sbuf *b)
     uint64_t now = mono_ns();
     int64_t owed_tot = 0;
 
-    sb_printf(b, "\"mode\":\"%s\",\"uptime_ns\":%llu,\"since_reset_ns\":%llu,\"resets\":%llu,",
+    sb_printf(b, "\"mode\":\"%s\",\"active\":%s,\"uptime_ns\":%llu,\"since_reset_ns\":%llu,"
+              "\"active_ns\":%llu,\"resets\":%llu,",
               LOAD(&g.mode) == MODE_INJECT ? "inject" : "account",
+              LOAD(&g.active) ? "true" : "false",
               (unsigned long long)(now - g.t0_ns), (unsigned long long)(now - g.reset_ns),
-              (unsigned long long)g.resets);
+              (unsigned long long)active_ns_now(), (unsigned long long)g.resets);
     sb_puts(b, "\"vcpus\":[");
     bool first = true;
     for (unsigned i = 0; i < nv; i++) {
@@ -208,11 +210,11 @@ void config_render(struct sbuf *b)
 
     sb_printf(b, "\"version\":\"%s\",\"target\":", DDC_VERSION);
     sb_str(b, g.target);
-    sb_printf(b, ",\"system_emulation\":%s,\"address\":\"%s\",\"mode\":\"%s\",\"local_ns\":%llu,"
+    sb_printf(b, ",\"system_emulation\":%s,\"address\":\"%s\",\"mode\":\"%s\",\"active\":%s,\"local_ns\":%llu,"
               "\"batch_ns\":%llu,\"insns\":%s,\"vcpus\":%u,\"cache\":[",
               g.system_emulation ? "true" : "false", g.system_emulation ? "phys" : "virt",
               LOAD(&g.mode) == MODE_INJECT ? "inject" : "account",
-              (unsigned long long)LOAD(&g.local_ns), (unsigned long long)g.batch_ns,
+              LOAD(&g.active) ? "true" : "false", (unsigned long long)LOAD(&g.local_ns), (unsigned long long)g.batch_ns,
               g.count_insns ? "true" : "false", nvcpus());
     for (unsigned i = 0; i < g.nlevels; i++) {
         const struct level_cfg *l = &g.levels[i];
@@ -260,7 +262,8 @@ void stats_reset(void)
             v->base[k] = LOAD(&v->c[k]);
         }
     }
-    g.reset_ns = mono_ns();
+    g.reset_ns = g.active_since = mono_ns();
+    g.active_ns = 0;
     g.resets++;
 }
 

@@ -80,8 +80,16 @@ class Control:
 
     def raw(self, line: str) -> dict[str, Any]:
         self.sock.sendall(line.encode() + b"\n")
+        return self.reply()
+
+    def send(self, cmd: str, **kw: Any) -> None:
+        """Send a request without waiting for its reply (activate/deactivate
+        answer only once a vCPU has run)."""
+        self.sock.sendall(json.dumps({"cmd": cmd, **kw}).encode() + b"\n")
+
+    def reply(self) -> dict[str, Any]:
         reply = self.rfile.readline()
-        assert reply.endswith("\n"), f"no reply line to {line!r}"
+        assert reply.endswith("\n"), "no reply line"
         answer: dict[str, Any] = json.loads(reply)
         return answer
 

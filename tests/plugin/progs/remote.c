@@ -9,9 +9,12 @@
  *   touch FIRST COUNT STRIDE    read one word at BASE + (FIRST + i) * STRIDE
  *                               for i in [0, COUNT); answer "done NS" with
  *                               the loop's CLOCK_MONOTONIC duration
+ *   thread FIRST COUNT STRIDE   the same on a new thread (a new vCPU under
+ *                               qemu-x86_64), joined before answering
  *
  * and exits 0 at end of input.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +29,26 @@ static unsigned long long now_ns(void)
     return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
 
+struct touch {
+    char *buf;
+    unsigned long first, count, stride, sum;
+};
+
+static void *touch(void *arg)
+{
+    struct touch *t = arg;
+    unsigned long sum = 0;
+
+    for (unsigned long i = 0; i < t->count; i++) {
+        sum += *(volatile long *)(t->buf + (t->first + i) * t->stride);
+    }
+    t->sum = sum;
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
-    char line[256];
+    char line[256], verb[16];
 
     if (argc != 3) {
         fprintf(stderr, "usage: %s BASE SIZE\n", argv[0]);
@@ -43,18 +63,24 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     while (fgets(line, sizeof(line), stdin)) {
-        unsigned long first, count, stride, sum = 0;
-        if (sscanf(line, "touch %lu %lu %lu", &first, &count, &stride) != 3 ||
-            (first + count) * stride > size) {
+        struct touch t = { .sum = 0 };
+        pthread_t th;
+        if (sscanf(line, "%15s %lu %lu %lu", verb, &t.first, &t.count, &t.stride) != 4 ||
+            (strcmp(verb, "touch") && strcmp(verb, "thread")) ||
+            (t.first + t.count) * t.stride > size) {
             fprintf(stderr, "remote: bad command: %s", line);
             return 2;
         }
+        t.buf = buf;
         unsigned long long t0 = now_ns();
-        for (unsigned long i = 0; i < count; i++) {
-            sum += *(volatile long *)(buf + (first + i) * stride);
+        if (!strcmp(verb, "touch")) {
+            touch(&t);
+        } else if (pthread_create(&th, NULL, touch, &t) || pthread_join(th, NULL)) {
+            perror("remote: pthread");
+            return 1;
         }
         unsigned long long t1 = now_ns();
-        printf("done %llu %lu\n", t1 - t0, sum);
+        printf("done %llu %lu\n", t1 - t0, t.sum);
     }
     return 0;
 }
