@@ -21,7 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import image, testbed  # noqa: E402
+from orchestrator import image, state, testbed  # noqa: E402
 
 
 def main() -> int:
@@ -38,10 +38,13 @@ def main() -> int:
         image.build_image(data.get("image", "debian-bookworm"))
         testbed.down("bench-rack")  # leftovers of an interrupted bench
         ups, downs, slowest = [], [], []
+        accel = "?"
         for i in range(args.runs):
             t0 = time.monotonic()
             views = testbed.up(rack)
             t1 = time.monotonic()
+            st = state.load("bench-rack")
+            accel = st.accel if st else "?"
             testbed.down("bench-rack")
             t2 = time.monotonic()
             ups.append(t1 - t0)
@@ -50,7 +53,6 @@ def main() -> int:
             boots = ", ".join(f"{v.name} {v.boot_s:.1f} s" for v in views)
             print(f"run {i + 1}: up {ups[-1]:.1f} s (SSH ready after start: {boots}), down {downs[-1]:.1f} s",
                   flush=True)
-    accel = "see `ddc status` (auto)" if data.get("accel", "auto") == "auto" else data["accel"]
     print(f"\n{len(data['compute_blades'])} compute blades, accel {accel}, {args.runs} runs")
     for label, xs in (("up (until every blade answers SSH)", ups), ("slowest blade, start to SSH", slowest),
                       ("down", downs)):
