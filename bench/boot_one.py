@@ -19,11 +19,9 @@ exit, Ctrl-C included.  Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import logging
 import os
-import selectors
 import shutil
 import socket
 import statistics
@@ -39,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator import image as images  # noqa: E402
+from orchestrator.guest import Endpoint  # noqa: E402
+from orchestrator.guest import wait_banner as guest_wait_banner  # noqa: E402
 from orchestrator.runner import run  # noqa: E402
 
 LOG = logging.getLogger("boot_one")
@@ -133,50 +133,11 @@ def qemu_argv(img: images.GuestImage, blade: Blade, accel: str) -> list[str]:
     return argv
 
 
-def wait_banner(port: int, deadline: float, interval: float = 0.25, most: int = 8) -> bool:
-    """True once sshd's "SSH-" line arrives on the forwarded port.
-
-    slirp accepts the host side at once and then sends its own SYN to the guest,
-    retransmitting with BSD back-off (seconds) while the guest's address or sshd
-    is not up yet; one connection held open would see the banner only at the next
-    retransmission.  So a fresh attempt starts every ``interval`` while the older
-    ones stay open (the ``most`` newest: the oldest is dropped to make room), and
-    the first banner wins.
-    """
-    sel = selectors.DefaultSelector()
-    open_order: collections.deque[socket.socket] = collections.deque()
-    next_try = 0.0
-    try:
-        while (now := time.monotonic()) < deadline:
-            if now >= next_try:
-                if len(open_order) >= most:
-                    oldest = open_order.popleft()
-                    sel.unregister(oldest)
-                    oldest.close()
-                s = socket.socket()
-                s.setblocking(False)
-                s.connect_ex(("127.0.0.1", port))
-                sel.register(s, selectors.EVENT_READ)
-                open_order.append(s)
-                next_try = now + interval
-            for key, _ in sel.select(timeout=max(0.0, min(next_try, deadline) - time.monotonic())):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                try:
-                    data = sock.recv(64)
-                except OSError:
-                    data = b""
-                if data.startswith(b"SSH-"):
-                    return True
-                # EOF: slirp found the guest port closed (or not reachable yet).
-                sel.unregister(sock)
-                open_order.remove(sock)
-                sock.close()
-        return False
-    finally:
-        for key in list(sel.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        sel.close()
+def wait_banner(port: int, deadline: float) -> bool:
+    """True once sshd's "SSH-" line arrives on the forwarded port (the
+    orchestrator's own readiness check: overlapping attempts, first banner wins)."""
+    ep = Endpoint(blade="bench", port=port, key=Path("/dev/null"), known_hosts=Path("/dev/null"))
+    return guest_wait_banner(ep, deadline)
 
 
 def ssh_argv(blade: Blade, command: str) -> list[str]:

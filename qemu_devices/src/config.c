@@ -12,10 +12,7 @@
 
 #define DEFAULT_CACHE "l1d:32K:8:64:private;l2:1M:16:64:private;llc:16M:16:64:shared"
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
+int fail(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
 

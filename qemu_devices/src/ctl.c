@@ -34,17 +34,6 @@ static struct client clients[MAX_CLIENTS];
 static int arm_after_unlock = -1;   /* a switch to arm once ctl_lock is dropped */
 static const struct timeval send_timeout = { .tv_sec = 5 };
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* ---- requests ------------------------------------------------------------ */
 

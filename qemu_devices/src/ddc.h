@@ -212,6 +212,8 @@ int cache_init(struct cache *c, const struct level_cfg *cfg);
 /* config.c: option parsing shared by qemu_plugin_install and the control
  * protocol.  Each returns 0 or -1 with a message in err. */
 int parse_u64(const char *s, uint64_t *out, int base);
+/* Format an error message into err and return -1 (option and request parsing). */
+int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int parse_size(const char *s, uint64_t *out);
 int parse_cache_spec(const char *spec, char *err, size_t errlen);
 int parse_options(int argc, char **argv, char *err, size_t errlen);
