@@ -31,7 +31,7 @@ from .hierarchy import Figures, figures
 from .hypervisor import ABSENT, Hypervisor, kvm_works
 from .render import DomainConfig, domain_xml
 from .runner import run
-from .spec import TestbedSpec, format_size, load_testbed
+from .spec import TestbedSpec, check_name, format_size, load_testbed
 from .state import BladeRecord, Phase, TestbedState
 from .topology import ComputeBlade, Rack, check_fits_host, host_memory, resolve
 
@@ -67,16 +67,15 @@ def plan(spec_file: str | Path) -> Plan:
 
 def testbed_name(file_or_name: str) -> str:
     """``down``/``status`` take a testbed file, or the bare name of a testbed whose
-    file is gone or broken."""
+    file is gone or broken. Only the name is read: ``down`` must work even when
+    the rack would no longer fit this host."""
     if Path(file_or_name).is_file():
-        return plan(file_or_name).rack.name
-    if state.load(file_or_name) is not None or Path(file_or_name).name == file_or_name:
-        from .spec import check_name
-        try:
-            return check_name(file_or_name)
-        except ValueError as exc:
-            raise SpecError(f"{file_or_name}: no such testbed file, and {exc}") from exc
-    raise SpecError(f"{file_or_name}: no such testbed file", hint="give the YAML file used with `ddc up`")
+        return load_testbed(file_or_name).name
+    try:
+        return check_name(file_or_name)
+    except ValueError as exc:
+        raise SpecError(f"{file_or_name}: no such testbed file, and {exc}",
+                        hint="give the YAML file used with `ddc up`, or the testbed's name") from exc
 
 
 # -- up ---------------------------------------------------------------------------------------------
