@@ -372,6 +372,8 @@ def _sweep(name: str) -> None:
         root.parent.rmdir()  # the shared pool root, once no testbed uses it
     shutil.rmtree(state.testbed_dir(name), ignore_errors=True)
     shutil.rmtree(paths.run_root() / name, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        paths.run_root().rmdir()  # the shared run directory, once no testbed uses it
 
 
 def _stop_all(st: TestbedState) -> None:
