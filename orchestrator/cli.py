@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -258,10 +259,17 @@ def parse(argv: Sequence[str]) -> Request:
     return Request(verb, args)
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     req = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if req.args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # SIGTERM unwinds like Ctrl-C, so `up` stops the blades it started and
+    # leaves its journal for `down`.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return VERBS[req.verb](req.args)
     except KeyboardInterrupt:

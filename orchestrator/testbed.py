@@ -99,6 +99,7 @@ def up(spec_file: str | Path, *, say: Say = _quiet, boot_timeout: float = BOOT_T
         old = state.load(rack.name)
         if old is not None:
             return _already_up(old, rack, say)
+        _check_no_leftovers(rack)
         _check_pool_room(rack)
         say(f"image {rack.image}")
         img = images.build_image(rack.image, progress=say)
@@ -142,6 +143,16 @@ def _already_up(old: TestbedState, rack: Rack, say: Say) -> list[BladeView]:
                          hint=f"`ddc down {old.spec_file}` and `ddc up` again")
     say(f"testbed {rack.name} is already up; nothing changed")
     return views
+
+
+def _check_no_leftovers(rack: Rack) -> None:
+    """Refuse to start over remains of an earlier run whose state is gone."""
+    with Hypervisor(rack.uri) as hv:
+        stale = [d for d in hv.domains(f"ddc-{rack.name}-") if hv.testbed_of(d) == rack.name]
+    if stale or (paths.pool_root() / rack.name).exists():
+        what = ", ".join(stale) or str(paths.pool_root() / rack.name)
+        raise StateError(f"testbed {rack.name!r} has no state, but remains of an earlier run exist: {what}",
+                         hint=f"`ddc down {rack.name}` removes them")
 
 
 def choose_accel(wanted: str, kernel: Path, say: Say = _quiet) -> str:

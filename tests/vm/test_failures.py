@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import state
+from orchestrator import paths, state
 from tests.vm.conftest import ddc, leftovers, make_rack
 
 pytestmark = pytest.mark.vm
@@ -33,7 +33,8 @@ def test_blade_that_never_answers(tmp_path: Path, torn_down: list[Path]) -> None
     assert leftovers("t-noboot") == []
 
 
-def test_ctrl_c_during_up(tmp_path: Path, torn_down: list[Path]) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_up(tmp_path: Path, torn_down: list[Path], sig: signal.Signals) -> None:
     rack = make_rack(tmp_path, "t-sigint")
     torn_down.append(rack)
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up", str(rack)],
@@ -47,11 +48,16 @@ def test_ctrl_c_during_up(tmp_path: Path, torn_down: list[Path]) -> None:
         if "started" in line or not line:
             break
     assert "started" in seen, seen
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, seen + err
     assert "ddc down" in err
     assert leftovers("t-sigint"), "the half-made testbed should still be there for `down`"
+    running = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--name"], capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert not [d for d in running if d.startswith("ddc-t-sigint-")], "up stops the blades it started"
+    st = state.load("t-sigint")
+    assert st is not None and st.phase == "failed"
     ddc("down", str(rack))
     assert leftovers("t-sigint") == []
 
@@ -74,3 +80,18 @@ def test_concurrent_up_is_refused(tmp_path: Path) -> None:
         holder.communicate(b"")
         os.close(read)
     (state.testbed_dir("t-lock").parent / "t-lock.lock").unlink(missing_ok=True)
+
+
+def test_remains_without_state_are_refused(tmp_path: Path) -> None:
+    rack = make_rack(tmp_path, "t-stale")
+    stale = paths.pool_root() / "t-stale"
+    stale.mkdir(parents=True)
+    try:
+        proc = ddc("up", str(rack), check=False)
+        assert proc.returncode == 1
+        assert "has no state, but remains of an earlier run exist" in proc.stderr
+        assert "ddc down t-stale" in proc.stderr
+        assert state.load("t-stale") is None
+    finally:
+        ddc("down", "t-stale")
+    assert leftovers("t-stale") == []
