@@ -164,6 +164,11 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"cannot list domains: {exc.get_error_message()}") from exc
 
+    def domains_of(self, testbed: str) -> list[str]:
+        """The domains ``up`` made for ``testbed`` (named ``ddc-<testbed>-*``, and
+        carrying its metadata, so that testbed ``a`` never claims ``a-b``'s)."""
+        return [d for d in self.domains(f"ddc-{testbed}-") if self.testbed_of(d) == testbed]
+
     def testbed_of(self, name: str) -> str | None:
         """The testbed a domain belongs to, from the metadata ``up`` put in its XML."""
         dom = self._lookup(name)

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -99,23 +98,16 @@ class Control:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def open(self, wait: float = 0.0) -> None:
-        """Connect; retry for up to ``wait`` seconds while QEMU is still starting."""
-        deadline = time.monotonic() + wait
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(str(self.path))
-                self._sock = sock
-                return
-            except OSError as exc:
-                sock.close()
-                if time.monotonic() >= deadline:
-                    raise PluginError(f"cannot reach the plugin at {self.path}: {exc.strerror or exc}",
-                                      hint="is the blade running under TCG with the plugin? see `ddc status`"
-                                      ) from exc
-                time.sleep(0.05)
+    def open(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except OSError as exc:
+            sock.close()
+            raise PluginError(f"cannot reach the plugin at {self.path}: {exc.strerror or exc}",
+                              hint="is the blade running under TCG with the plugin? see `ddc status`") from exc
+        self._sock = sock
 
     def close(self) -> None:
         if self._sock is not None:

@@ -148,7 +148,7 @@ def _already_up(old: TestbedState, rack: Rack, say: Say) -> list[BladeView]:
 def _check_no_leftovers(rack: Rack) -> None:
     """Refuse to start over remains of an earlier run whose state is gone."""
     with Hypervisor(rack.uri) as hv:
-        stale = [d for d in hv.domains(f"ddc-{rack.name}-") if hv.testbed_of(d) == rack.name]
+        stale = hv.domains_of(rack.name)
     if stale or (paths.pool_root() / rack.name).exists():
         what = ", ".join(stale) or str(paths.pool_root() / rack.name)
         raise StateError(f"testbed {rack.name!r} has no state, but remains of an earlier run exist: {what}",
@@ -348,7 +348,7 @@ def down(name: str, *, say: Say = _quiet, uri: str | None = None) -> None:
 
 def _remove_domains(name: str, uri: str, say: Say) -> None:
     with Hypervisor(uri) as hv:
-        ours = [dom for dom in hv.domains(f"ddc-{name}-") if hv.testbed_of(dom) == name]
+        ours = hv.domains_of(name)
         if not ours:
             return
         # In parallel: libvirt waits about a second for each QEMU to exit.

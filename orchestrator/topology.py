@@ -93,22 +93,6 @@ class Rack:
     mode: str = "inject"  # the latency plugin's mode, or "off"
     caches: tuple[CacheLevelSpec, ...] = ()
 
-    def compute_blade(self, name: str) -> ComputeBlade:
-        for blade in self.compute_blades:
-            if blade.name == name:
-                return blade
-        names = ", ".join(b.name for b in self.compute_blades)
-        raise SpecError(f"testbed {self.name!r} has no compute blade {name!r}",
-                        hint=f"use one of: {names}")
-
-    @property
-    def slices(self) -> tuple[Slice, ...]:
-        return tuple(s for mb in self.memory_blades for s in mb.slices)
-
-    @property
-    def pool_root(self) -> Path:
-        return self.memory_blades[0].pool_dir.parent if self.memory_blades else Path()
-
 
 def domain_name(testbed: str, blade: str) -> str:
     return f"ddc-{testbed}-{blade}"
