@@ -19,10 +19,20 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from . import execute, testbed
 from . import image as images
-from . import testbed
+from .campaign import Run
 from .errors import DdcError, SpecError
 from .guest import Endpoint
 from .spec import format_size
@@ -192,6 +202,83 @@ def cmd_link(a: argparse.Namespace) -> int:
     return 0
 
 
+class CampaignProgress:
+    """Runs done, failed and left, and the ETA, as a rich progress bar on stderr."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("[green]{task.fields[ok]} ok[/green] [red]{task.fields[bad]} failed[/red] "
+                                       "{task.fields[left]} left"),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=ERR,
+                            transient=False)
+        self.task: TaskID | None = None
+        self.ok = self.bad = self.left = 0
+
+    def __enter__(self) -> CampaignProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.bar.stop()
+
+    def begin(self, total: int, done: int, failed: int) -> None:
+        self.ok, self.bad, self.left = done - failed, failed, total - done
+        self.task = self.bar.add_task("runs", total=total, completed=done, ok=self.ok, bad=self.bad, left=self.left)
+
+    def started(self, run: Run, warmup: bool) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, description=("warm-up " if warmup else "") + run.workload)
+
+    def finished(self, run: Run, status: str, warmup: bool) -> None:
+        if warmup or self.task is None:
+            return
+        if status == "ok":
+            self.ok += 1
+        else:
+            self.bad += 1
+            self.bar.console.print(f"[red]run {run.run_id}: {status}[/red]")
+        self.left -= 1
+        self.bar.update(self.task, advance=1, ok=self.ok, bad=self.bad, left=self.left)
+
+    def say(self, message: str) -> None:
+        self.bar.console.print(f"[dim]•[/dim] {escape(message)}")
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    if a.dry_run:
+        for line in execute.dry_run(a.campaign, a.out):
+            OUT.print(escape(line))
+        return 0
+    with CampaignProgress() as progress:
+        outcome = execute.run_campaign(a.campaign, a.out, observer=progress)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.statuses.items())) or "nothing new"
+    OUT.print(f"{outcome.executed} runs executed ({counts}), {outcome.skipped} already done; "
+              f"results in {outcome.out}")
+    if outcome.executed:
+        OUT.print(f"orchestration overhead: {(outcome.wall_s - outcome.workload_s) / outcome.executed:.2f} s per run "
+                  f"({outcome.wall_s:.1f} s wall, {outcome.workload_s:.1f} s in the workloads)")
+    return 0 if outcome.statuses.get("ok", 0) == outcome.executed else 3
+
+
+def cmd_results(a: argparse.Namespace) -> int:
+    if not (a.csv or a.parquet):
+        raise SpecError("give --csv PATH, --parquet PATH or both")
+    from . import results  # pyarrow: loaded only for this verb
+
+    rows = results.export(a.directory, csv=a.csv, parquet=a.parquet)
+    OUT.print(f"{rows} runs written to " + " and ".join(p for p in (a.csv, a.parquet) if p))
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from . import report  # matplotlib: loaded only for this verb
+
+    written = report.write_report(a.directory, a.run)
+    for path in written:
+        OUT.print(str(path))
+    return 0
+
+
 # -- parsing ----------------------------------------------------------------------------------------
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -205,6 +292,9 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ssh": cmd_ssh,
     "stats": cmd_stats,
     "link": cmd_link,
+    "run": cmd_run,
+    "results": cmd_results,
+    "report": cmd_report,
 }
 
 
@@ -250,6 +340,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("memory_blade")
     p.add_argument("--latency", type=int, metavar="NS", help="latency_ns of the memory blade")
     p.add_argument("--bandwidth", type=float, metavar="GBPS", help="bandwidth_gbps (0: unlimited)")
+
+    p = sub.add_parser("run", help="run a campaign (resumes where an interrupted one stopped)")
+    p.add_argument("campaign")
+    p.add_argument("--out", metavar="DIR", help="results directory (default: results/<campaign name>)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs; touch nothing")
+
+    p = sub.add_parser("results", help="export a campaign's runs as one tidy table")
+    p.add_argument("directory")
+    p.add_argument("--csv", metavar="PATH")
+    p.add_argument("--parquet", metavar="PATH")
+
+    p = sub.add_parser("report", help="write a Markdown and HTML report with plots")
+    p.add_argument("directory")
+    p.add_argument("--run", metavar="RUN_ID", help="the run whose counters are plotted over time")
     return ap
 
 
@@ -273,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return VERBS[req.verb](req.args)
     except KeyboardInterrupt:
-        ERR.print("ddc: interrupted; `ddc down FILE` removes whatever was created")
+        ERR.print("ddc: interrupted; `ddc down FILE` removes whatever was created"
+                  + ("; `ddc run` again resumes the campaign" if req.verb == "run" else ""))
         return 130
     except DdcError as exc:
         if req.args.debug:

@@ -189,6 +189,14 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"monitor command {command!r} on {name}: {exc.get_error_message()}") from exc
 
+    def domstats(self, name: str) -> dict[str, Any]:
+        """libvirt's statistics of a running domain (cpu.time, vcpu.N.*, balloon.*, block.*, net.*)."""
+        try:
+            got = self.conn.domainListGetStats([self._domain(name)], 0)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"domain statistics of {name}: {exc.get_error_message()}") from exc
+        return dict(got[0][1]) if got else {}
+
     def qemu_pid(self, name: str) -> int | None:
         """The QEMU process of a running domain, from libvirt's pid file."""
         pidfile = Path("/run/libvirt/qemu") / f"{name}.pid"

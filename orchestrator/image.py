@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from . import paths
-from .errors import ImageError
+from .errors import DdcError, ImageError
 from .runner import run
 
 LOG = logging.getLogger(__name__)
@@ -253,6 +253,16 @@ def load_recipe(recipe: str) -> Recipe:
                              hint=f"remove it; every image boots with {' '.join(BASE_CMDLINE)}")
     rootfs_size = top.string("rootfs_size", "4G", _SIZE_RE, "a size like 2G or 1500M")
     hostname = top.string("hostname", "ddc-blade", _HOSTNAME_RE, "a hostname like ddc-blade")
+    if "workloads" in top.data:
+        workloads = top.string("workloads", what="a directory of workload YAML files, relative to the recipe")
+        # Each workload names the packages it needs; the image has them all.
+        from .workload import all_packages
+
+        try:
+            wanted = all_packages((directory / workloads).resolve())
+        except DdcError as exc:
+            raise ImageError(f"{where}: workloads: {exc.message}", hint=exc.hint) from exc
+        packages += tuple(p for p in wanted if p not in packages)
     probes_fields = top.mapping("probes")
     probes = None
     if probes_fields is not None:
@@ -306,6 +316,7 @@ def image_digest(recipe: str) -> str:
     h = hashlib.sha256(f"ddc-image builder={BUILDER_VERSION}\0".encode())
     _hash_tree(h, "recipe", parsed.directory)
     _hash_tree(h, "initrd", images_dir() / "initrd")
+    h.update(("packages " + " ".join(sorted(parsed.packages)) + "\0").encode())
     if parsed.probes is not None:
         _hash_tree(h, "probes", parsed.probes.sources, (".c", ".h"))
     return h.hexdigest()

@@ -255,6 +255,30 @@ def _create(rack: Rack, st: TestbedState, img: images.GuestImage, lib: Path | No
     return boot
 
 
+def restart_blade(name: str, blade: str, *, say: Say = _quiet, boot_timeout: float = BOOT_TIMEOUT) -> float:
+    """Bring one compute blade of a testbed that is up back after its QEMU died
+    (crash, kill, `ddc fail`). Its disk overlay and its pool slices are kept; the
+    plugin gets its map again and starts with zeroed counters and the testbed
+    file's link settings. Returns the seconds until SSH answered."""
+    st = load_up(name)
+    endpoint(st, blade)  # validates the name
+    cb = next(b for b in plan(st.spec_file).rack.compute_blades if b.name == blade)
+    with state.locked(name), Hypervisor(st.uri) as hv:
+        hv.destroy(cb.domain)  # a crashed or paused QEMU may linger
+        hv.start(cb.domain, paused=True)
+        if st.plugin:
+            _load_map(hv, st, cb)
+        hv.resume(cb.domain)
+        seconds = wait_ready(endpoint(st, blade), boot_timeout,
+                             lambda: hv.state(cb.domain) in ("running", "paused", "blocked"))
+        if st.plugin:
+            with plugin.Control(st.plugin_socket(blade)) as ctl:
+                ctl.request("activate")
+                ctl.request("reset")
+    say(f"compute blade {blade}: restarted, SSH ready after {seconds:.1f} s")
+    return seconds
+
+
 def _load_map(hv: Hypervisor, st: TestbedState, blade: ComputeBlade) -> None:
     """Give the paused blade's plugin its address map, in the plugin's terms."""
     ranges = memmap.plugin_map(blade, hv.hmp(blade.domain, "info ramblock"), hv.hmp(blade.domain, "info mtree"))

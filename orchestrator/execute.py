@@ -1,0 +1,452 @@
+"""``ddc run``: execute a campaign's runs on a testbed, and store each one.
+
+For each run, on the campaign's compute blade, over one reused SSH connection:
+
+1. *prepare* (one SSH command): the run's kernel knobs, the workload's setup
+   steps, a snapshot of the guest's counters. Link latency and bandwidth are set
+   through the plugin's control socket, so no blade reboots between runs.
+2. *command* (one SSH command): the plugin's counters are zeroed just before;
+   the workload runs under ``timeout`` with a 1-second counter sampler beside
+   it, and its own wall time is measured in the guest. A host thread samples the
+   plugin meanwhile.
+3. *finish* (one SSH command): a second snapshot, the sampler's output, the
+   teardown steps; then everything the run started is killed.
+
+Every process a run starts lives in one cgroup in the guest
+(``/sys/fs/cgroup/ddc-run``), so a run that timed out, a daemon a teardown
+missed, or what a killed ``ddc run`` left behind is removed with one write to
+``cgroup.kill``.
+
+The run is saved in one transaction at its end (``store``), so a campaign
+stopped at any point (Ctrl-C, kill -9, a crash) resumes with the first run not
+in the store. A run that passes its timeout is recorded as ``timeout``; one
+whose blade dies is recorded as ``failed``, the blade is restarted, and the
+campaign goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import paramiko
+from fabric import Connection
+from invoke.exceptions import CommandTimedOut
+
+from . import collect, guest, plugin, state, testbed
+from .campaign import CampaignPlan, Run, load_campaign, numactl
+from .errors import DdcError, GuestError, HypervisorError, SpecError
+from .hierarchy import figures
+from .hypervisor import Hypervisor
+from .state import Phase, TestbedState
+from .store import RunRecord, Store
+from .workload import parse_metrics, render
+
+LOG = logging.getLogger(__name__)
+
+GUEST_DIR = "/tmp/ddc-run"
+CGROUP = "/sys/fs/cgroup/ddc-run"
+# The shell of a step joins the run's cgroup; every child inherits it.
+JOIN = f"mkdir -p {CGROUP} && echo $$ > {CGROUP}/cgroup.procs"
+KILL_ALL = f"[ -e {CGROUP}/cgroup.kill ] && echo 1 > {CGROUP}/cgroup.kill; true"
+GRACE_S = 5  # between SIGTERM at the timeout and SIGKILL
+HOST_SLACK_S = 60  # the host gives up on the SSH command this long after the guest's own timeout
+MARK = "@@ddc"
+
+
+class Observer(Protocol):
+    """What ``run_campaign`` tells its caller (the CLI shows it with rich)."""
+
+    def begin(self, total: int, done: int, failed: int) -> None: ...
+
+    def started(self, run: Run, warmup: bool) -> None: ...
+
+    def finished(self, run: Run, status: str, warmup: bool) -> None: ...
+
+    def say(self, message: str) -> None: ...
+
+
+class Quiet:
+    def begin(self, total: int, done: int, failed: int) -> None:
+        pass
+
+    def started(self, run: Run, warmup: bool) -> None:
+        pass
+
+    def finished(self, run: Run, status: str, warmup: bool) -> None:
+        pass
+
+    def say(self, message: str) -> None:
+        LOG.info("%s", message)
+
+
+@dataclass
+class Outcome:
+    out: Path
+    total: int
+    skipped: int = 0  # already in the store
+    statuses: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0  # the runs' loop, testbed up and warm-up excluded
+    workload_s: float = 0.0  # the commands' own time, measured in the guest
+
+    @property
+    def executed(self) -> int:
+        return sum(self.statuses.values())
+
+
+def default_out(plan: CampaignPlan) -> Path:
+    return Path("results") / plan.name
+
+
+def dry_run(file: str | Path, out: str | Path | None = None) -> list[str]:
+    plan = load_campaign(file)
+    directory = Path(out) if out else default_out(plan)
+    done: dict[str, str] = {}
+    if (directory / "results.sqlite").is_file():
+        with Store(directory) as store:
+            done = store.done()
+    lines = [f"# campaign {plan.name}: testbed {plan.testbed_file} (blade {plan.blade}), results in {directory}"]
+    for run, line in zip(plan.runs, plan.describe(), strict=True):
+        lines.append(line + (f"  [done: {done[run.run_id]}]" if run.run_id in done else ""))
+    if plan.warmups:
+        lines.append(f"# plus {len(plan.warmups)} warm-up run(s), not recorded")
+    left = sum(1 for r in plan.runs if r.run_id not in done)
+    lines.append(f"{len(plan.runs)} runs" + (f" ({left} left to run)" if done else ""))
+    return lines
+
+
+def run_campaign(file: str | Path, out: str | Path | None = None, *, observer: Observer | None = None) -> Outcome:
+    obs = observer or Quiet()
+    plan = load_campaign(file)
+    directory = Path(out) if out else default_out(plan)
+    with Store(directory) as store:
+        _describe_campaign(store, plan)
+        done = store.done()
+        todo = [r for r in plan.runs if r.run_id not in done]
+        outcome = Outcome(out=directory, total=len(plan.runs), skipped=len(plan.runs) - len(todo))
+        obs.begin(len(plan.runs), len(done), sum(1 for s in done.values() if s != "ok"))
+        if not todo:
+            obs.say(f"all {len(plan.runs)} runs are already in {directory}")
+            return outcome
+        with Session(plan, obs) as session:
+            for w in plan.warmups:
+                obs.started(w, True)
+                rec = session.execute(w)
+                obs.finished(w, rec.status, True)
+            start = time.monotonic()
+            for run in todo:
+                obs.started(run, False)
+                rec = session.execute(run)
+                store.save(rec)
+                outcome.statuses[rec.status] = outcome.statuses.get(rec.status, 0) + 1
+                outcome.workload_s += rec.workload_s or 0.0
+                obs.finished(run, rec.status, False)
+            outcome.wall_s = time.monotonic() - start
+            session.restore_links()
+    return outcome
+
+
+def _describe_campaign(store: Store, plan: CampaignPlan) -> None:
+    meta = store.meta()
+    if meta.get("name") not in (None, plan.name):
+        raise SpecError(f"{store.path} holds campaign {meta['name']!r}, not {plan.name!r}",
+                        hint="give another --out directory")
+    values = {"name": plan.name, "campaign_file": str(plan.file), "campaign_yaml": plan.file.read_text(),
+              "testbed_file": str(plan.testbed_file), "testbed_yaml": plan.testbed_file.read_text(),
+              "blade": plan.blade}
+    if "created" not in meta:
+        values["created"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    for name, wl in plan.workloads.items():
+        values[f"primary.{name}"] = wl.primary_metric.name
+    store.set_meta(**values)
+
+
+# -- one session on a testbed -------------------------------------------------------------------------
+
+class Session:
+    """The campaign's hold on its testbed: the blade's SSH connection, the
+    hypervisor, the plugin. Restarts the blade when it dies."""
+
+    def __init__(self, plan: CampaignPlan, obs: Observer) -> None:
+        self.plan = plan
+        self.obs = obs
+        self.blade = plan.blade
+        self.st: TestbedState | None = None
+        self.conn: Connection | None = None
+        self.hv: Hypervisor | None = None
+
+    def __enter__(self) -> Session:
+        self.st = self._ensure_up()
+        self.hv = Hypervisor(self.st.uri)
+        self.hv.open()
+        self._check_plugin()
+        self._connect()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        if self.hv is not None:
+            self.hv.close()
+
+    @property
+    def domain(self) -> str:
+        assert self.st is not None
+        return self.st.blades[self.blade].domain
+
+    def _ensure_up(self) -> TestbedState:
+        tb = self.plan.testbed
+        name = tb.rack.name
+        st = state.load(name)
+        if st is not None and (st.phase != Phase.UP or st.spec_digest != tb.digest):
+            why = "a different topology" if st.phase == Phase.UP else f"state {st.phase}"
+            self.obs.say(f"testbed {name} is up with {why}; re-provisioning it from {self.plan.testbed_file}")
+            testbed.down(name, say=self.obs.say)
+            st = None
+        if st is None:
+            self.obs.say(f"bringing up testbed {name} from {self.plan.testbed_file}")
+            testbed.up(self.plan.testbed_file, say=self.obs.say)
+        st = testbed.load_up(name)
+        with Hypervisor(st.uri) as hv:
+            dom_state = hv.state(st.blades[self.blade].domain)
+        if dom_state != "running":
+            self.obs.say(f"compute blade {self.blade} is {dom_state}; restarting it")
+            testbed.restart_blade(name, self.blade, say=self.obs.say)
+        return st
+
+    def _check_plugin(self) -> None:
+        """Without the plugin (KVM, mode off), links keep the testbed file's values."""
+        assert self.st is not None
+        if self.st.plugin:
+            return
+        for run in self.plan.runs:
+            for mb, link in run.links().items():
+                for key, value in link.items():
+                    if value != _testbed_link(self.plan, mb, key):
+                        raise SpecError(
+                            f"{self.plan.file}: matrix: {mb}.{key} is swept, but testbed "
+                            f"{self.st.name} runs without the latency plugin (accel {self.st.accel})",
+                            hint="latency and bandwidth are set through the plugin: use accel: tcg "
+                                 "and mode: inject or account")
+
+    def _connect(self) -> None:
+        assert self.st is not None
+        self.conn = guest.connect(testbed.endpoint(self.st, self.blade))
+        # Whatever an interrupted earlier campaign left running goes first.
+        self._sh(f"{KILL_ALL}; rm -rf {GUEST_DIR}", timeout=60)
+
+    def _sh(self, script: str, timeout: float) -> Any:
+        assert self.conn is not None
+        return self.conn.run(script, hide=True, warn=True, timeout=timeout, in_stream=False)
+
+    # -- plugin -------------------------------------------------------------------------------------
+
+    def _ctl(self) -> plugin.Control:
+        assert self.st is not None
+        return plugin.Control(self.st.plugin_socket(self.blade))
+
+    def _set_links(self, run: Run) -> None:
+        if not (self.st and self.st.plugin):
+            return
+        with self._ctl() as ctl:
+            for mb, link in run.links().items():
+                ctl.request("set_link", blade=mb, **link)
+
+    def restore_links(self) -> None:
+        """Put the links back as the testbed file has them."""
+        if not (self.st and self.st.plugin):
+            return
+        with contextlib.suppress(DdcError), self._ctl() as ctl:
+            for node in self.st.blades[self.blade].nodes:
+                if node.get("memory_blade"):
+                    link = {"latency_ns": node["latency_ns"]}
+                    if node.get("bandwidth_gbps") is not None:
+                        link["bandwidth_gbps"] = node["bandwidth_gbps"]
+                    ctl.request("set_link", blade=node["memory_blade"], **link)
+
+    # -- one run ------------------------------------------------------------------------------------
+
+    def execute(self, run: Run) -> RunRecord:
+        wl = self.plan.workloads[run.workload]
+        rdir = f"{GUEST_DIR}/{run.run_id}"
+        steps = render(wl, run.workload_params(wl), numactl(run.placement), rdir)
+        timeout = self.plan.timeout_of(run)
+        rec = RunRecord(run_id=run.run_id, seq=run.seq, workload=run.workload, rep=run.rep, params=run.params,
+                        status="failed", blade=self.blade, command=steps.command, started=time.time(),
+                        finished=0.0)
+        try:
+            self._execute(run, rec, steps, rdir, timeout)
+        except (GuestError, HypervisorError, plugin.PluginError, paramiko.SSHException, OSError, EOFError) as exc:
+            rec.status = "failed"
+            rec.error = f"{type(exc).__name__}: {exc}"
+            self._recover(rec)
+        rec.finished = time.time()
+        if rec.status == "ok":
+            found, missing = parse_metrics(wl, rec.stdout, rec.stderr)
+            info = {m.name: (m.unit, str(m.better)) for m in wl.metrics}
+            rec.metrics = [(k, v, *info[k]) for k, v in found.items()]
+            if missing:
+                rec.status = "failed"
+                rec.error = f"metrics not found in the output: {', '.join(missing)}"
+        return rec
+
+    def _execute(self, run: Run, rec: RunRecord, steps: Any, rdir: str, timeout: float) -> None:
+        interval = self.plan.spec.sample_interval
+        self._set_links(run)
+        knobs = "".join(_knob(k, v) for k, v in run.knobs().items())
+        prep = (f"set -e; {JOIN}; rm -rf {rdir}; mkdir -p {rdir}; cd {rdir}\n{knobs}{steps.setup}\n"
+                f"echo {MARK}; {collect.SNAPSHOT}")
+        res = self._sh(prep, timeout=timeout + HOST_SLACK_S)
+        if res.exited != 0:
+            rec.stdout, rec.stderr, rec.exit_code = res.stdout, res.stderr, res.exited
+            rec.error = f"setup failed with exit code {res.exited}"
+            self._finish(rec, rdir, steps.teardown, None, 0.0)
+            return
+        before = collect.parse_snapshot(res.stdout.split(MARK + "\n", 1)[-1])
+
+        dom_before = self._domstats()
+        if self.st and self.st.plugin:
+            with self._ctl() as ctl:
+                ctl.request("reset")
+        sampler = PluginSampler(self, interval) if self.st and self.st.plugin else None
+        cmd = (f"{JOIN}; cd {rdir}; {collect.sampler(interval, rdir + '/samples')}\n"
+               f"s=$(date +%s.%N); timeout -k {GRACE_S} {timeout:g} sh -c {shlex.quote(steps.command)}; rc=$?; "
+               f"e=$(date +%s.%N); echo \"{MARK} rc=$rc start=$s end=$e\" >&2; exit $rc")
+        t0 = time.time()
+        if sampler:
+            sampler.start(t0)
+        try:
+            res = self._sh(cmd, timeout=timeout + HOST_SLACK_S)
+            timed_out = False
+        except CommandTimedOut as exc:
+            res, timed_out = exc.result, True
+        finally:
+            if sampler:
+                rec.samples += sampler.stop()
+        rec.stdout = res.stdout
+        rec.stderr, guest_t0 = _strip_mark(res.stderr, rec)
+        rec.exit_code = res.exited
+        if timed_out or rec.exit_code in (124, 128 + 9):
+            rec.status = "timeout"
+            rec.error = f"passed its timeout of {timeout:g} s" + (" (the host gave up on the guest)" if timed_out
+                                                                   else "")
+        elif rec.exit_code != 0:
+            rec.error = f"exited with {rec.exit_code}"
+        else:
+            rec.status = "ok"
+        if self.st and self.st.plugin:
+            self._hierarchy(rec)
+        rec.counters += [("domstats", None, k, dom_before.get(k), v) for k, v in self._domstats().items()]
+        self._finish(rec, rdir, steps.teardown, before, guest_t0 or t0)
+
+    def _finish(self, rec: RunRecord, rdir: str, teardown: str, before: collect.Counters | None,
+                t0: float) -> None:
+        """Snapshot, samples, teardown, and kill whatever the run left."""
+        script = (f"echo {MARK}; {collect.SNAPSHOT}; echo {MARK}; cat {rdir}/samples 2>/dev/null; echo {MARK}; "
+                  f"cd {rdir} 2>/dev/null && ( {teardown or 'true'} ) >{rdir}/teardown.log 2>&1; "
+                  f"echo rc=$?; tail -5 {rdir}/teardown.log 2>/dev/null; {KILL_ALL}; cd /; rm -rf {rdir}")
+        res = self._sh(script, timeout=120)
+        parts = res.stdout.split(MARK + "\n")
+        if before is not None and len(parts) >= 3:
+            rec.counters += collect.pair(before, collect.parse_snapshot(parts[1]))
+            rec.samples += collect.parse_samples(parts[2], t0)
+        if len(parts) >= 4 and not parts[3].startswith("rc=0"):
+            note = "teardown failed: " + " | ".join(parts[3].strip().splitlines())
+            rec.error = f"{rec.error}; {note}" if rec.error else note
+
+    def _hierarchy(self, rec: RunRecord) -> None:
+        assert self.st is not None
+        with self._ctl() as ctl:
+            raw = ctl.stats()
+            lat = testbed.node_latencies(ctl.request("config"))
+        fig = figures(raw, self.st.hit_ns, lat)
+        rec.hierarchy = raw
+        rec.levels = collect.level_rows(fig)
+        rec.nodes = collect.node_rows(fig, lat)
+
+    def _domstats(self) -> dict[str, float]:
+        assert self.hv is not None
+        try:
+            return collect.flat_domstats(self.hv.domstats(self.domain))
+        except HypervisorError as exc:
+            LOG.warning("%s", exc)
+            return {}
+
+    def _recover(self, rec: RunRecord) -> None:
+        """After a lost connection: if the blade died, say so in the run and restart it."""
+        assert self.st is not None and self.hv is not None
+        dom_state = self.hv.state(self.domain)
+        if dom_state != "running":
+            rec.error = f"blade {self.blade} died (domain {dom_state}): {rec.error}"
+            self.obs.say(f"run {rec.run_id}: blade {self.blade} is {dom_state}; restarting it")
+            testbed.restart_blade(self.st.name, self.blade, say=self.obs.say)
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        self._connect()
+
+
+def _testbed_link(plan: CampaignPlan, mb: str, key: str) -> Any:
+    cb = next(b for b in plan.testbed.rack.compute_blades if b.name == plan.blade)
+    node = next((n for n in cb.nodes if n.memory_blade == mb), None)
+    return None if node is None else getattr(node, key)
+
+
+def _knob(name: str, value: Any) -> str:
+    if name == "numa_balancing":
+        return f"sysctl -qw kernel.numa_balancing={int(value)}\n"
+    if name == "demotion_enabled":
+        return f"echo {'true' if value else 'false'} > /sys/kernel/mm/numa/demotion_enabled\n"
+    raise ValueError(name)
+
+
+def _strip_mark(stderr: str, rec: RunRecord) -> tuple[str, float | None]:
+    """Remove our marker line from stderr; set the command's own wall time from it."""
+    kept, t0 = [], None
+    for line in stderr.splitlines(keepends=True):
+        if line.startswith(MARK + " rc="):
+            fields = dict(f.split("=", 1) for f in line.split()[1:])
+            with contextlib.suppress(KeyError, ValueError):
+                t0 = float(fields["start"])
+                rec.workload_s = round(float(fields["end"]) - t0, 6)
+        else:
+            kept.append(line)
+    return "".join(kept), t0
+
+
+class PluginSampler:
+    """A host thread that reads the plugin's counters every ``interval`` seconds."""
+
+    def __init__(self, session: Session, interval: float) -> None:
+        self.session = session
+        self.interval = interval
+        self.samples: list[tuple[float, str, str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="plugin-sampler", daemon=True)
+        self._t0 = 0.0
+
+    def start(self, t0: float) -> None:
+        self._t0 = t0
+        self._thread.start()
+
+    def stop(self) -> list[tuple[float, str, str, float]]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.samples
+
+    def _loop(self) -> None:
+        try:
+            with self.session._ctl() as ctl:
+                while not self._stop.wait(self.interval):
+                    t = round(time.time() - self._t0, 3)
+                    for name, value in collect.plugin_sample(ctl.stats()).items():
+                        self.samples.append((t, "plugin", name, value))
+        except DdcError as exc:
+            LOG.warning("plugin sampler stopped: %s", exc)

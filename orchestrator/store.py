@@ -1,0 +1,199 @@
+"""The results store: one SQLite database per campaign directory.
+
+Every run is written in one transaction, at its end, so the database holds
+complete runs only: a campaign killed half-way through a run has no trace of
+that run, and resuming redoes it. The tables (all keyed by ``run_id``):
+
+``runs``      one row per run: workload, repetition, parameters (JSON), status
+              (``ok``, ``failed``, ``timeout``), times, exit code, the rendered
+              command, full stdout and stderr, and an error message if any
+``metrics``   the workload's metrics parsed from its output
+``counters``  guest counters before and after the run: source ``vmstat``
+              (node NULL), ``numastat`` and ``meminfo`` (per node); and libvirt's
+              domain statistics (source ``domstats``)
+``hierarchy`` the plugin's statistics for exactly that run: raw JSON, plus one
+              row per cache level (``levels``) and per NUMA node (``nodes``)
+``samples``   1-second time series while the run ran: source ``plugin`` or
+              ``guest``, counter name, value, seconds since the run started
+``meta``      the campaign: its name, file text, testbed file text, etc.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+DB_NAME = "results.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    seq         INTEGER NOT NULL,      -- position in the expanded campaign
+    workload    TEXT NOT NULL,
+    rep         INTEGER NOT NULL,      -- repetition, from 0
+    params      TEXT NOT NULL,         -- JSON object: every parameter of the run
+    status      TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'timeout')),
+    blade       TEXT NOT NULL,
+    command     TEXT NOT NULL,
+    exit_code   INTEGER,
+    started     REAL NOT NULL,         -- unix time
+    finished    REAL NOT NULL,
+    workload_s  REAL,                  -- the command's own wall time, measured in the guest
+    stdout      TEXT NOT NULL,
+    stderr      TEXT NOT NULL,
+    error       TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), name TEXT NOT NULL, value REAL NOT NULL,
+    unit TEXT NOT NULL DEFAULT '', better TEXT NOT NULL DEFAULT 'higher',
+    PRIMARY KEY (run_id, name));
+CREATE TABLE IF NOT EXISTS counters (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), source TEXT NOT NULL, node INTEGER,
+    name TEXT NOT NULL, before REAL, after REAL, delta REAL);
+CREATE INDEX IF NOT EXISTS counters_run ON counters(run_id);
+CREATE TABLE IF NOT EXISTS hierarchy (run_id TEXT PRIMARY KEY REFERENCES runs(run_id), stats TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS levels (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), level TEXT NOT NULL, position INTEGER NOT NULL,
+    hits INTEGER NOT NULL, misses INTEGER NOT NULL, miss_ratio REAL NOT NULL, hit_ns REAL NOT NULL,
+    amat_ns REAL NOT NULL, PRIMARY KEY (run_id, level));
+CREATE TABLE IF NOT EXISTS nodes (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), node INTEGER NOT NULL, accesses INTEGER NOT NULL,
+    memory INTEGER NOT NULL, latency_ns REAL, PRIMARY KEY (run_id, node));
+CREATE TABLE IF NOT EXISTS samples (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), t REAL NOT NULL, source TEXT NOT NULL,
+    name TEXT NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS samples_run ON samples(run_id);
+"""
+
+
+@dataclass
+class RunRecord:
+    """Everything one run produced; :meth:`Store.save` writes it in one transaction."""
+
+    run_id: str
+    seq: int
+    workload: str
+    rep: int
+    params: dict[str, Any]
+    status: str
+    blade: str
+    command: str
+    started: float
+    finished: float
+    exit_code: int | None = None
+    workload_s: float | None = None
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+    metrics: list[tuple[str, float, str, str]] = field(default_factory=list)  # name, value, unit, better
+    counters: list[tuple[str, int | None, str, float | None, float | None]] = field(default_factory=list)
+    hierarchy: dict[str, Any] | None = None  # the plugin's raw stats
+    levels: list[tuple[str, int, int, float, float, float]] = field(default_factory=list)
+    nodes: list[tuple[int, int, int, float | None]] = field(default_factory=list)
+    samples: list[tuple[float, str, str, float]] = field(default_factory=list)  # t, source, name, value
+
+
+class Store:
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / DB_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @classmethod
+    def open_existing(cls, directory: str | Path) -> Store:
+        from .errors import StateError
+
+        if not (Path(directory) / DB_NAME).is_file():
+            raise StateError(f"{directory}: no {DB_NAME} here",
+                             hint="give the campaign's results directory (see `ddc run --out`)")
+        return cls(directory)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def set_meta(self, **values: str) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())
+
+    def save(self, r: RunRecord) -> None:
+        """Write one run, all of it or nothing. A run saved again replaces the old one."""
+        with self.transaction() as db:
+            for table in ("metrics", "counters", "hierarchy", "levels", "nodes", "samples", "runs"):
+                db.execute(f"DELETE FROM {table} WHERE run_id = ?", (r.run_id,))  # noqa: S608 (fixed names)
+            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (r.run_id, r.seq, r.workload, r.rep, json.dumps(r.params, sort_keys=True), r.status,
+                        r.blade, r.command, r.exit_code, r.started, r.finished, r.workload_s, r.stdout,
+                        r.stderr, r.error))
+            db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", [(r.run_id, *m) for m in r.metrics])
+            db.executemany("INSERT INTO counters VALUES (?,?,?,?,?,?,?)",
+                           [(r.run_id, src, node, name, b, a, None if a is None or b is None else a - b)
+                            for src, node, name, b, a in r.counters])
+            if r.hierarchy is not None:
+                db.execute("INSERT INTO hierarchy VALUES (?,?)", (r.run_id, json.dumps(r.hierarchy)))
+            db.executemany("INSERT INTO levels VALUES (?,?,?,?,?,?,?,?)",
+                           [(r.run_id, name, i, hits, misses, ratio, hit_ns, amat)
+                            for i, (name, hits, misses, ratio, hit_ns, amat) in enumerate(r.levels)])
+            db.executemany("INSERT INTO nodes VALUES (?,?,?,?,?)", [(r.run_id, *n) for n in r.nodes])
+            db.executemany("INSERT INTO samples VALUES (?,?,?,?,?)", [(r.run_id, *s) for s in r.samples])
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+    def done(self) -> dict[str, str]:
+        """run_id -> status of every stored run."""
+        return dict(self.db.execute("SELECT run_id, status FROM runs").fetchall())
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run as a dict (params decoded), in campaign order, without stdout/stderr."""
+        cur = self.db.execute("SELECT run_id, seq, workload, rep, params, status, blade, command, exit_code, "
+                              "started, finished, workload_s, error FROM runs ORDER BY seq, run_id")
+        cols = [c[0] for c in cur.description]
+        out = []
+        for row in cur.fetchall():
+            d = dict(zip(cols, row, strict=True))
+            d["params"] = json.loads(d["params"])
+            out.append(d)
+        return out
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for run_id, name, value in self.db.execute("SELECT run_id, name, value FROM metrics"):
+            out.setdefault(run_id, {})[name] = value
+        return out
+
+    def metric_info(self) -> dict[str, tuple[str, str]]:
+        """metric name -> (unit, better)."""
+        return {n: (u, b) for n, u, b in self.db.execute("SELECT DISTINCT name, unit, better FROM metrics")}
+
+
