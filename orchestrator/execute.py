@@ -37,7 +37,6 @@ from typing import Any, Protocol
 
 import paramiko
 from fabric import Connection
-from invoke.exceptions import CommandTimedOut
 
 from . import collect, guest, plugin, state, testbed
 from .campaign import CampaignPlan, Run, load_campaign, numactl
@@ -53,7 +52,8 @@ LOG = logging.getLogger(__name__)
 GUEST_DIR = "/tmp/ddc-run"
 CGROUP = "/sys/fs/cgroup/ddc-run"
 # The shell of a step joins the run's cgroup; every child inherits it.
-JOIN = f"mkdir -p {CGROUP} && echo $$ > {CGROUP}/cgroup.procs"
+JOIN = f"echo $BASHPID > {CGROUP}/cgroup.procs"
+TICK = f"{GUEST_DIR}/.tick"  # a FIFO nobody writes: `read -t` on it is a sleep without a process
 KILL_ALL = f"[ -e {CGROUP}/cgroup.kill ] && echo 1 > {CGROUP}/cgroup.kill; true"
 GRACE_S = 5  # between SIGTERM at the timeout and SIGKILL
 HOST_SLACK_S = 60  # the host gives up on the SSH command this long after the guest's own timeout
@@ -179,6 +179,7 @@ class Session:
         self.blade = plan.blade
         self.st: TestbedState | None = None
         self.conn: Connection | None = None
+        self.shell: guest.Shell | None = None
         self.hv: Hypervisor | None = None
 
     def __enter__(self) -> Session:
@@ -190,9 +191,10 @@ class Session:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.close()
+        for closing in (self.shell, self.conn):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    closing.close()
         if self.hv is not None:
             self.hv.close()
 
@@ -239,12 +241,19 @@ class Session:
     def _connect(self) -> None:
         assert self.st is not None
         self.conn = guest.connect(testbed.endpoint(self.st, self.blade))
+        self.shell = guest.Shell(self.conn, self.blade)
         # Whatever an interrupted earlier campaign left running goes first.
-        self._sh(f"{KILL_ALL}; rm -rf {GUEST_DIR}", timeout=60)
+        code, out = self.shell.run(f"{KILL_ALL}; rm -rf {GUEST_DIR}; mkdir -p {GUEST_DIR} {CGROUP}; mkfifo {TICK}",
+                                   timeout=60)
+        if code != 0:
+            raise GuestError(f"{self.blade}: cannot prepare {GUEST_DIR} and {CGROUP}: {out.strip()}")
 
-    def _sh(self, script: str, timeout: float) -> Any:
-        assert self.conn is not None
-        return self.conn.run(script, hide=True, warn=True, timeout=timeout, in_stream=False)
+    def _reconnect(self) -> None:
+        for closing in (self.shell, self.conn):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    closing.close()
+        self._connect()
 
     # -- plugin -------------------------------------------------------------------------------------
 
@@ -298,47 +307,46 @@ class Session:
         return rec
 
     def _execute(self, run: Run, rec: RunRecord, steps: Any, rdir: str, timeout: float) -> None:
-        interval = self.plan.spec.sample_interval
         self._set_links(run)
         knobs = "".join(_knob(k, v) for k, v in run.knobs().items())
-        prep = (f"set -e; {JOIN}; rm -rf {rdir}; mkdir -p {rdir}; cd {rdir}\n{knobs}{steps.setup}\n"
-                f"echo {MARK}; {collect.SNAPSHOT}")
-        res = self._sh(prep, timeout=timeout + HOST_SLACK_S)
-        if res.exited != 0:
-            rec.stdout, rec.stderr, rec.exit_code = res.stdout, res.stderr, res.exited
-            rec.error = f"setup failed with exit code {res.exited}"
+        code, out = self._step(f"set -e; {JOIN}; mkdir {rdir}; cd {rdir}\n{knobs}{steps.setup}\n"
+                               f"echo {MARK}; {collect.SNAPSHOT}", timeout + HOST_SLACK_S)
+        if code != 0:
+            rec.stderr, rec.exit_code = out, code
+            rec.error = f"setup failed with exit code {code}"
             self._finish(rec, rdir, steps.teardown, None, 0.0)
             return
-        before = collect.parse_snapshot(res.stdout.split(MARK + "\n", 1)[-1])
+        before = collect.parse_snapshot(out.split(MARK + "\n", 1)[-1])
 
         dom_before = self._domstats()
         if self.st and self.st.plugin:
             with self._ctl() as ctl:
                 ctl.request("reset")
-        sampler = PluginSampler(self, interval) if self.st and self.st.plugin else None
-        cmd = (f"{JOIN}; cd {rdir}; {collect.sampler(interval, rdir + '/samples')}\n"
-               f"s=$(date +%s.%N); timeout -k {GRACE_S} {timeout:g} sh -c {shlex.quote(steps.command)}; rc=$?; "
-               f"e=$(date +%s.%N); echo \"{MARK} rc=$rc start=$s end=$e\" >&2; exit $rc")
+        sampler = PluginSampler(self, self.plan.spec.sample_interval) if self.st and self.st.plugin else None
         t0 = time.time()
         if sampler:
             sampler.start(t0)
         try:
-            res = self._sh(cmd, timeout=timeout + HOST_SLACK_S)
+            code, out = self._step(
+                f"{JOIN}; cd {rdir}; {collect.sampler(self.plan.spec.sample_interval, rdir + '/samples', TICK)}\n"
+                f"s=$EPOCHREALTIME; timeout -k {GRACE_S} {timeout:g} sh -c {shlex.quote(steps.command)} "
+                f">{rdir}/stdout 2>{rdir}/stderr; rc=$?; e=$EPOCHREALTIME; kill %1 2>/dev/null\n"
+                f'echo "{MARK} rc=$rc start=$s end=$e"; exit $rc', timeout + HOST_SLACK_S)
             timed_out = False
-        except CommandTimedOut as exc:
-            res, timed_out = exc.result, True
+        except TimeoutError:
+            code, out, timed_out = -1, "", True
+            self._reconnect()  # the old shell is still waiting for the command
         finally:
             if sampler:
                 rec.samples += sampler.stop()
-        rec.stdout = res.stdout
-        rec.stderr, guest_t0 = _strip_mark(res.stderr, rec)
-        rec.exit_code = res.exited
-        if timed_out or rec.exit_code in (124, 128 + 9):
+        guest_t0 = _parse_mark(out, rec)
+        rec.exit_code = None if timed_out else code
+        if timed_out or code in (124, 128 + 9):
             rec.status = "timeout"
             rec.error = f"passed its timeout of {timeout:g} s" + (" (the host gave up on the guest)" if timed_out
                                                                    else "")
-        elif rec.exit_code != 0:
-            rec.error = f"exited with {rec.exit_code}"
+        elif code != 0:
+            rec.error = f"exited with {code}"
         else:
             rec.status = "ok"
         if self.st and self.st.plugin:
@@ -346,19 +354,30 @@ class Session:
         rec.counters += [("domstats", None, k, dom_before.get(k), v) for k, v in self._domstats().items()]
         self._finish(rec, rdir, steps.teardown, before, guest_t0 or t0)
 
+    def _step(self, script: str, timeout: float) -> tuple[int, str]:
+        assert self.shell is not None
+        return self.shell.run(script, timeout)
+
     def _finish(self, rec: RunRecord, rdir: str, teardown: str, before: collect.Counters | None,
                 t0: float) -> None:
-        """Snapshot, samples, teardown, and kill whatever the run left."""
-        script = (f"echo {MARK}; {collect.SNAPSHOT}; echo {MARK}; cat {rdir}/samples 2>/dev/null; echo {MARK}; "
-                  f"cd {rdir} 2>/dev/null && ( {teardown or 'true'} ) >{rdir}/teardown.log 2>&1; "
-                  f"echo rc=$?; tail -5 {rdir}/teardown.log 2>/dev/null; {KILL_ALL}; cd /; rm -rf {rdir}")
-        res = self._sh(script, timeout=120)
-        parts = res.stdout.split(MARK + "\n")
-        if before is not None and len(parts) >= 3:
-            rec.counters += collect.pair(before, collect.parse_snapshot(parts[1]))
-            rec.samples += collect.parse_samples(parts[2], t0)
-        if len(parts) >= 4 and not parts[3].startswith("rc=0"):
-            note = "teardown failed: " + " | ".join(parts[3].strip().splitlines())
+        """Snapshot, samples, the command's output, teardown; then kill whatever the run left."""
+        show = "; ".join(f'echo {MARK}; [ -r {rdir}/{f} ] && echo "$(<{rdir}/{f})"' for f in
+                         ("samples", "stdout", "stderr"))
+        script = (f"{collect.SNAPSHOT}; {show}; echo {MARK}; "
+                  + (f"cd {rdir} 2>/dev/null && ( {teardown} ) >{rdir}/teardown.log 2>&1; rc=$?; "
+                     f'echo "rc=$rc"; [ $rc = 0 ] || tail -5 {rdir}/teardown.log; ' if teardown else 'echo "rc=0"; ')
+                  + f"{KILL_ALL}; cd /; rm -rf {rdir} &")
+        code, out = self._step(script, 120)
+        parts = out.split(MARK + "\n")
+        if len(parts) != 5:
+            raise GuestError(f"{self.blade}: unexpected output of the finish step (exit code {code}): {out[-500:]}")
+        snapshot, samples, stdout, stderr, tail = parts
+        if before is not None:
+            rec.counters += collect.pair(before, collect.parse_snapshot(snapshot))
+            rec.samples += collect.parse_samples(samples, t0)
+            rec.stdout, rec.stderr = stdout, stderr
+        if not tail.startswith("rc=0"):
+            note = "teardown failed: " + " | ".join(tail.strip().splitlines())
             rec.error = f"{rec.error}; {note}" if rec.error else note
 
     def _hierarchy(self, rec: RunRecord) -> None:
@@ -387,10 +406,7 @@ class Session:
             rec.error = f"blade {self.blade} died (domain {dom_state}): {rec.error}"
             self.obs.say(f"run {rec.run_id}: blade {self.blade} is {dom_state}; restarting it")
             testbed.restart_blade(self.st.name, self.blade, say=self.obs.say)
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.close()
-        self._connect()
+        self._reconnect()
 
 
 def _testbed_link(plan: CampaignPlan, mb: str, key: str) -> Any:
@@ -407,18 +423,16 @@ def _knob(name: str, value: Any) -> str:
     raise ValueError(name)
 
 
-def _strip_mark(stderr: str, rec: RunRecord) -> tuple[str, float | None]:
-    """Remove our marker line from stderr; set the command's own wall time from it."""
-    kept, t0 = [], None
-    for line in stderr.splitlines(keepends=True):
+def _parse_mark(out: str, rec: RunRecord) -> float | None:
+    """The command step's marker line: set the command's own wall time, return its start."""
+    for line in out.splitlines():
         if line.startswith(MARK + " rc="):
             fields = dict(f.split("=", 1) for f in line.split()[1:])
             with contextlib.suppress(KeyError, ValueError):
                 t0 = float(fields["start"])
                 rec.workload_s = round(float(fields["end"]) - t0, 6)
-        else:
-            kept.append(line)
-    return "".join(kept), t0
+                return t0
+    return None
 
 
 class PluginSampler:

@@ -180,3 +180,56 @@ def _failure(blade: str, command: str, code: int, stdout: str, stderr: str) -> s
             lines.append(f"  last {name}:")
             lines += [f"    {t}" for t in tail]
     return "\n".join(lines)
+
+
+class Shell:
+    """One long-lived ``bash`` in a blade, fed scripts over one SSH channel.
+
+    A campaign runs three steps per run; as separate SSH commands each costs a
+    new sshd session and shell, a quarter of a second under TCG. Here each
+    script is ``eval``'d in a subshell of the same bash (a fork, no exec), so a
+    syntax error or an ``exit`` in it cannot end the session, and its output
+    (stdout and stderr together) ends at a marker line carrying its exit code.
+    """
+
+    def __init__(self, conn: Connection, blade: str = "") -> None:
+        self.blade = blade
+        transport = conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise GuestError(f"{blade}: the SSH connection is closed")
+        self.chan = transport.open_session()
+        self.chan.exec_command("exec bash --noprofile --norc -s 2>&1")
+        self._buf = b""
+        self._n = 0
+
+    def close(self) -> None:
+        self.chan.close()
+
+    def run(self, script: str, timeout: float) -> tuple[int, str]:
+        """(exit code, output). Raises TimeoutError past ``timeout``, GuestError if the channel dies."""
+        self._n += 1
+        token = f"@@ddc-shell-{self._n}-{time.monotonic_ns()}"
+        line = f"( eval {shlex.quote(script)} ) </dev/null 2>&1; rc=$?; echo; echo \"{token} $rc\"\n"
+        try:
+            self.chan.sendall(line.encode())
+        except (OSError, paramiko.SSHException) as exc:
+            raise GuestError(f"{self.blade}: shell lost: {exc}") from exc
+        needle = f"\n{token} ".encode()
+        deadline = time.monotonic() + timeout
+        while needle not in self._buf or not self._buf.split(needle, 1)[1].count(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.blade}: no answer within {timeout:g} s")
+            self.chan.settimeout(min(left, 1.0))
+            try:
+                chunk = self.chan.recv(1 << 16)
+            except TimeoutError:  # socket.timeout
+                continue
+            except (OSError, paramiko.SSHException) as exc:
+                raise GuestError(f"{self.blade}: shell lost: {exc}") from exc
+            if not chunk:
+                raise GuestError(f"{self.blade}: shell closed (the blade stopped or sshd died)")
+            self._buf += chunk
+        out, rest = self._buf.split(needle, 1)
+        code, self._buf = rest.split(b"\n", 1)
+        return int(code), out.decode(errors="replace")  # the echoed newline went with the marker
