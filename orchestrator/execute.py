@@ -183,11 +183,17 @@ class Session:
         self.hv: Hypervisor | None = None
 
     def __enter__(self) -> Session:
-        self.st = self._ensure_up()
-        self.hv = Hypervisor(self.st.uri)
-        self.hv.open()
-        self._check_plugin()
-        self._connect()
+        self._stack = contextlib.ExitStack()
+        try:
+            # Two campaigns on one blade would share its cgroup and its counters.
+            self._stack.enter_context(state.locked(self.plan.testbed.rack.name, "campaign"))
+            self.st = self._ensure_up()
+            self.hv = self._stack.enter_context(Hypervisor(self.st.uri))
+            self._check_plugin()
+            self._connect()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -195,8 +201,7 @@ class Session:
             if closing is not None:
                 with contextlib.suppress(Exception):
                     closing.close()
-        if self.hv is not None:
-            self.hv.close()
+        self._stack.close()
 
     @property
     def domain(self) -> str:

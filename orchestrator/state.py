@@ -128,18 +128,21 @@ def names() -> list[str]:
 
 
 @contextlib.contextmanager
-def locked(name: str) -> Iterator[None]:
-    """Hold the testbed's lock, or fail at once if another ddc holds it."""
+def locked(name: str, purpose: str = "") -> Iterator[None]:
+    """Hold the testbed's lock, or fail at once if another ddc holds it. A
+    ``purpose`` is a lock of its own: ``campaign`` is held by ``ddc run`` for its
+    whole session, while the testbed's own lock is taken by each change."""
     root = paths.state_root()
     root.mkdir(parents=True, exist_ok=True, mode=0o711)
-    path = root / f"{name}.lock"
+    path = root / (f"{name}.{purpose}.lock" if purpose else f"{name}.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise StateError(f"testbed {name!r} is busy: another ddc process (pid {holder}) is working on it",
+            doing = f"running a {purpose} on it" if purpose else "working on it"
+            raise StateError(f"testbed {name!r} is busy: another ddc process (pid {holder}) is {doing}",
                              hint="wait for it to finish, or stop it; Ctrl-C leaves a state `ddc down` cleans"
                              ) from exc
         os.ftruncate(fd, 0)

@@ -368,6 +368,7 @@ def down(name: str, *, say: Say = _quiet, uri: str | None = None) -> None:
         _sweep(name)
         say(f"testbed {name} is down")
     (paths.state_root() / f"{name}.lock").unlink(missing_ok=True)
+    (paths.state_root() / f"{name}.campaign.lock").unlink(missing_ok=True)
 
 
 def _remove_domains(name: str, uri: str, say: Say) -> None:
