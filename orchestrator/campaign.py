@@ -45,7 +45,7 @@ from pydantic import Field, field_validator
 
 from . import testbed
 from .errors import DdcError, SpecError
-from .spec import Name, _Model, load_yaml, validate
+from .spec import Name, _KeyError, _Model, load_yaml, validate
 from .topology import Rack
 from .workload import ParamValue, WorkloadSpec, load_workload
 
@@ -102,7 +102,7 @@ class CampaignSpec(_Model):
     def _non_empty(cls, matrix: Matrix) -> Matrix:
         for key, values in matrix.items():
             if not values:
-                raise ValueError(f"{key}: is empty; give at least one value, or remove the key")
+                raise _KeyError(key, "is empty; give at least one value, or remove the key")
         return matrix
 
     def entries(self) -> list[WorkloadEntry]:
