@@ -53,6 +53,9 @@ GUEST_DIR = "/tmp/ddc-run"
 CGROUP = "/sys/fs/cgroup/ddc-run"
 # The shell of a step joins the run's cgroup; every child inherits it.
 JOIN = f"echo $BASHPID > {CGROUP}/cgroup.procs"
+# bash's loadable builtins (Debian's bash-builtins, in the image): each process
+# not started saves about 0.1 s of a vCPU under TCG.
+BUILTINS = "for b in mkdir rm sleep; do enable -f /usr/lib/bash/$b $b 2>/dev/null; done; true"
 TICK = f"{GUEST_DIR}/.tick"  # a FIFO nobody writes: `read -t` on it is a sleep without a process
 KILL_ALL = f"[ -e {CGROUP}/cgroup.kill ] && echo 1 > {CGROUP}/cgroup.kill; true"
 GRACE_S = 5  # between SIGTERM at the timeout and SIGKILL
@@ -246,7 +249,7 @@ class Session:
     def _connect(self) -> None:
         assert self.st is not None
         self.conn = guest.connect(testbed.endpoint(self.st, self.blade))
-        self.shell = guest.Shell(self.conn, self.blade)
+        self.shell = guest.Shell(self.conn, self.blade, prelude=BUILTINS)
         # Whatever an interrupted earlier campaign left running goes first.
         code, out = self.shell.run(f"{KILL_ALL}; rm -rf {GUEST_DIR}; mkdir -p {GUEST_DIR} {CGROUP}; mkfifo {TICK}",
                                    timeout=60)

@@ -192,7 +192,9 @@ class Shell:
     (stdout and stderr together) ends at a marker line carrying its exit code.
     """
 
-    def __init__(self, conn: Connection, blade: str = "") -> None:
+    def __init__(self, conn: Connection, blade: str = "", prelude: str = "") -> None:
+        """``prelude`` runs in the long-lived bash itself (not a subshell): for
+        ``enable``, functions and variables every later script sees."""
         self.blade = blade
         transport = conn.client.get_transport()
         if transport is None or not transport.is_active():
@@ -201,6 +203,8 @@ class Shell:
         self.chan.exec_command("exec bash --noprofile --norc -s 2>&1")
         self._buf = b""
         self._n = 0
+        if prelude:
+            self.chan.sendall((prelude.rstrip("\n") + "\n").encode())
 
     def close(self) -> None:
         self.chan.close()

@@ -1,0 +1,184 @@
+"""Campaigns on a real testbed: the smoke campaign end to end, resume after
+kill -9, a run past its timeout, a blade that dies in the middle of a run.
+
+One one-blade testbed serves the whole module; the first campaign brings it up
+itself (as `ddc run` does for a user), and it is torn down and checked clean at
+the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import state
+from orchestrator.campaign import load_campaign
+from orchestrator.hypervisor import Hypervisor
+from tests.conftest import DATA, EXAMPLES
+from tests.vm.conftest import ddc, leftovers, make_rack
+
+pytestmark = pytest.mark.vm
+
+NAME = "ddccamp"
+EXTRA = {"DDC_WORKLOADS": str(DATA / "workloads-extra")}
+
+
+@pytest.fixture(scope="module")
+def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    tmp = tmp_path_factory.mktemp("campaign")
+    data = yaml.safe_load((EXAMPLES / "rack.yaml").read_text())
+    path = make_rack(tmp, NAME, compute_blades=data["compute_blades"][:1])
+    yield path
+    ddc("down", str(path), check=False)
+    assert leftovers(NAME) == [], f"`ddc down` left {leftovers(NAME)}"
+
+
+def campaign(rack: Path, tmp: Path, name: str, **fields: object) -> Path:
+    data = {"name": name, "testbed": str(rack), **fields}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def rows(out: Path, sql: str, *args: object) -> list[tuple]:
+    db = sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def guest(rack: Path, command: str) -> str:
+    return ddc("ssh", str(rack), "cb0", "--", "sh", "-c", command, check=False).stdout
+
+
+def test_smoke_campaign(rack: Path, tmp_path: Path) -> None:
+    smoke = yaml.safe_load((EXAMPLES / "smoke-campaign.yaml").read_text())
+    smoke["testbed"] = str(rack)
+    file = tmp_path / "smoke.yaml"
+    file.write_text(yaml.safe_dump(smoke, sort_keys=False))
+    out = tmp_path / "out"
+    plan = load_campaign(file)
+
+    dry = ddc("run", str(file), "--dry-run", "--out", str(out))
+    assert dry.stdout.strip().splitlines()[-1] == f"{len(plan.runs)} runs"
+    assert state.load(NAME) is None, "--dry-run starts nothing"
+
+    started = time.monotonic()
+    proc = ddc("run", str(file), "--out", str(out), timeout=900)
+    took = time.monotonic() - started
+    assert f"{len(plan.runs)} runs executed ({len(plan.runs)} ok)" in proc.stdout, proc.stdout + proc.stderr
+    assert took < 300 + 60, f"the smoke campaign took {took:.0f} s (target: under 5 minutes, testbed up included)"
+
+    runs = rows(out, "SELECT run_id, workload, params, status, workload_s FROM runs")
+    assert sorted(r[0] for r in runs) == sorted(r.run_id for r in plan.runs)
+    assert all(r[3] == "ok" and r[4] > 0 for r in runs)
+
+    # The probe sees remote memory, and its latency follows the runtime setting.
+    chase = {(p["placement"], p["mb0.latency_ns"]): v for p, v in (
+        (yaml.safe_load(params), value) for params, value in rows(
+            out, "SELECT r.params, m.value FROM runs r JOIN metrics m USING (run_id) "
+                 "WHERE r.workload = 'ddc-ptrchase' AND m.name = 'ns_per_load'"))}
+    assert len(chase) == 4
+    assert chase[("membind=1", 600)] > chase[("membind=1", 250)] + 200, chase
+    assert chase[("membind=1", 250)] > chase[("membind=0", 250)], chase
+    assert abs(chase[("membind=0", 600)] - chase[("membind=0", 250)]) < 150, "node 0 does not care"
+
+    # Guest counters: a membind=1 run allocated on node 1, a membind=0 run did not (much).
+    node1_hits = dict(rows(out, "SELECT r.params, c.delta FROM runs r JOIN counters c USING (run_id) "
+                                "WHERE r.workload = 'ddc-ptrchase' AND c.source = 'numastat' AND c.node = 1 "
+                                "AND c.name = 'numa_hit'"))
+    by_placement = {yaml.safe_load(p)["placement"]: d for p, d in node1_hits.items()}
+    assert by_placement["membind=1"] > 10 * max(by_placement["membind=0"], 1), by_placement
+    # Hierarchy statistics for exactly the run: a remote-bound chase reaches node 1.
+    memory = dict(rows(out, "SELECT r.params, n.memory FROM runs r JOIN nodes n USING (run_id) "
+                            "WHERE r.workload = 'ddc-ptrchase' AND n.node = 1"))
+    by_placement = {yaml.safe_load(p)["placement"]: m for p, m in memory.items()}
+    assert by_placement["membind=1"] > 100 * max(by_placement["membind=0"], 1), by_placement
+    assert rows(out, "SELECT count(*) FROM levels")[0][0] == 3 * len(plan.runs)
+    assert rows(out, "SELECT count(*) FROM counters WHERE source = 'domstats' AND name = 'cpu.time' "
+                     "AND delta > 0")[0][0] == len(plan.runs)
+    # 1-second series from both sides
+    sources = {s for (s,) in rows(out, "SELECT DISTINCT source FROM samples")}
+    assert sources == {"plugin", "guest"}
+
+    again = ddc("run", str(file), "--out", str(out))
+    assert "0 runs executed" in again.stdout and f"{len(plan.runs)} already done" in again.stdout
+
+    table = tmp_path / "runs.csv"
+    ddc("results", str(out), "--csv", str(table))
+    with table.open() as f:
+        data = list(csv.DictReader(f))
+    assert len(data) == len(plan.runs)
+    assert {"run_id", "status", "placement", "mb0.latency_ns", "ns_per_load"} <= set(data[0])
+
+
+def test_resume_after_kill_9(rack: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DDC_WORKLOADS", EXTRA["DDC_WORKLOADS"])
+    file = campaign(rack, tmp_path, "resume", workloads=["sleep"], matrix={"seconds": [2, 2.1, 2.2, 2.3, 2.4, 2.5]})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(file), "--out", str(out)],
+                            env={**os.environ, **EXTRA}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if (out / "results.sqlite").exists() and rows(out, "SELECT count(*) FROM runs")[0][0] >= 2:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # in the middle of the third run
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = time.time()
+    before = dict(rows(out, "SELECT run_id, started FROM runs"))
+    assert 2 <= len(before) < 6
+
+    ddc("run", str(file), "--out", str(out), env=EXTRA, timeout=600)
+    after = dict(rows(out, "SELECT run_id, started FROM runs"))
+    assert sorted(after) == sorted(r.run_id for r in load_campaign(file).runs)
+    assert all(after[k] == v for k, v in before.items()), "completed runs are not repeated"
+    assert sum(1 for v in after.values() if v > killed_at) == 6 - len(before), "the rest ran after the kill"
+    assert {s for (s,) in rows(out, "SELECT status FROM runs")} == {"ok"}
+    assert "ddc-test-daemon" not in guest(rack, "ps -eo comm")
+
+
+def test_timeout_and_dead_blade(rack: Path, tmp_path: Path) -> None:
+    file = campaign(rack, tmp_path, "faults", workloads=["sleep"], timeout=6,
+                    matrix={"seconds": [1, 40, 25, 2]})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(file), "--out", str(out)],
+                            env={**os.environ, **EXTRA}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "results.sqlite").exists() and rows(out, "SELECT count(*) FROM runs")[0][0] >= 2:
+                break
+            time.sleep(0.2)
+        time.sleep(3.0)  # the third run (25 s) is running: kill its blade's QEMU
+        st = state.load(NAME)
+        assert st is not None
+        with Hypervisor(st.uri) as hv:
+            pid = hv.qemu_pid(st.blades["cb0"].domain)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status = {yaml.safe_load(p)["seconds"]: (s, e) for p, s, e in rows(out, "SELECT params, status, error FROM runs")}
+    assert status[1][0] == "ok", output
+    assert status[40][0] == "timeout", status
+    assert status[25][0] == "failed" and "died" in status[25][1], status
+    assert status[2][0] == "ok", "the blade came back and the campaign went on"
+    assert proc.returncode == 3, output  # not every run was ok
+    assert "ddc-test-daemon" not in guest(rack, "ps -eo comm")
