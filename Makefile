@@ -27,12 +27,18 @@ $(VENV)/.installed: pyproject.toml
 plugin: deps
 	$(MAKE) -C qemu_devices
 
+CAMPAIGN ?= examples/latency-sweep.yaml
+RESULTS  ?= results/$(basename $(notdir $(CAMPAIGN)))
+
+# The main job: image, testbed, campaign, report. The testbed is brought down
+# at the end whatever happened; the results stay in $(RESULTS).
 demo: deps plugin
 	$(DDC) image build
 	$(DDC) up $(RACK)
-	@for b in $$($(PY) -c "import yaml,sys; print(' '.join(c['name'] for c in yaml.safe_load(open('$(RACK)'))['compute_blades']))"); do \
-	  echo "== $$b: numactl -H"; $(DDC) ssh $(RACK) $$b -- numactl -H || exit 1; done
-	$(DDC) down $(RACK)
+	$(DDC) run $(CAMPAIGN) --out $(RESULTS); rc=$$?; \
+	  $(DDC) report $(RESULTS) && $(DDC) results $(RESULTS) --csv $(RESULTS)/runs.csv; rc2=$$?; \
+	  $(DDC) down $(RACK); [ $$rc -eq 0 ] && [ $$rc2 -eq 0 ]
+	@echo "report: $(RESULTS)/report/report.html (and report.md); table: $(RESULTS)/runs.csv"
 
 lint: venv
 	$(VENV)/bin/ruff check orchestrator tests bench
@@ -49,6 +55,7 @@ test: deps plugin lint
 
 bench: deps plugin
 	$(PY) bench/provision.py
+	$(PY) bench/campaign_overhead.py
 
 clean:
 	rm -rf $(VENV) qemu_devices/build .pytest_cache .mypy_cache .ruff_cache

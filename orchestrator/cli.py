@@ -255,8 +255,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     OUT.print(f"{outcome.executed} runs executed ({counts}), {outcome.skipped} already done; "
               f"results in {outcome.out}")
     if outcome.executed:
-        OUT.print(f"orchestration overhead: {(outcome.wall_s - outcome.workload_s) / outcome.executed:.2f} s per run "
-                  f"({outcome.wall_s:.1f} s wall, {outcome.workload_s:.1f} s in the workloads)")
+        OUT.print(f"orchestration overhead: {outcome.overhead(with_steps=True):.2f} s per run "
+                  f"({outcome.overhead():.2f} s counting the workloads' setup and teardown as overhead; "
+                  f"{outcome.wall_s:.1f} s wall, {outcome.workload_s:.1f} s in the commands, "
+                  f"{outcome.steps_s:.1f} s in setup and teardown)")
     return 0 if outcome.statuses.get("ok", 0) == outcome.executed else 3
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shlex
 import threading
 import time
@@ -97,6 +98,13 @@ class Outcome:
     statuses: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0  # the runs' loop, testbed up and warm-up excluded
     workload_s: float = 0.0  # the commands' own time, measured in the guest
+    steps_s: float = 0.0  # the workloads' setup and teardown steps, measured in the guest
+
+    def overhead(self, with_steps: bool = False) -> float:
+        """Orchestration seconds per run: wall time less the workloads' own (and,
+        with ``with_steps``, less their setup and teardown too)."""
+        own = self.workload_s + (self.steps_s if with_steps else 0.0)
+        return (self.wall_s - own) / self.executed if self.executed else 0.0
 
     @property
     def executed(self) -> int:
@@ -149,6 +157,7 @@ def run_campaign(file: str | Path, out: str | Path | None = None, *, observer: O
                 store.save(rec)
                 outcome.statuses[rec.status] = outcome.statuses.get(rec.status, 0) + 1
                 outcome.workload_s += rec.workload_s or 0.0
+                outcome.steps_s += (rec.setup_s or 0.0) + (rec.teardown_s or 0.0)
                 obs.finished(run, rec.status, False)
             outcome.wall_s = time.monotonic() - start
             session.restore_links()
@@ -317,14 +326,15 @@ class Session:
     def _execute(self, run: Run, rec: RunRecord, steps: Any, rdir: str, timeout: float) -> None:
         self._set_links(run)
         knobs = "".join(_knob(k, v) for k, v in run.knobs().items())
-        code, out = self._step(f"set -e; {JOIN}; mkdir {rdir}; cd {rdir}\n{knobs}{steps.setup}\n"
-                               f"echo {MARK}; {collect.SNAPSHOT}", timeout + HOST_SLACK_S)
+        code, out = self._step(f"set -e; {JOIN}; mkdir {rdir}; cd {rdir}\n{knobs}a=$EPOCHREALTIME\n{steps.setup}\n"
+                               f'echo "{MARK} setup $a $EPOCHREALTIME"; {collect.SNAPSHOT}', timeout + HOST_SLACK_S)
+        rec.setup_s = _span(out, "setup")
         if code != 0:
             rec.stderr, rec.exit_code = out, code
             rec.error = f"setup failed with exit code {code}"
             self._finish(rec, rdir, steps.teardown, None, 0.0)
             return
-        before = collect.parse_snapshot(out.split(MARK + "\n", 1)[-1])
+        before = collect.parse_snapshot(out.split(f"{MARK} setup ", 1)[-1])
 
         dom_before = self._domstats()
         if self.st and self.st.plugin:
@@ -372,8 +382,9 @@ class Session:
         show = "; ".join(f'echo {MARK}; [ -r {rdir}/{f} ] && echo "$(<{rdir}/{f})"' for f in
                          ("samples", "stdout", "stderr"))
         script = (f"{collect.SNAPSHOT}; {show}; echo {MARK}; "
-                  + (f"cd {rdir} 2>/dev/null && ( {teardown} ) >{rdir}/teardown.log 2>&1; rc=$?; "
-                     f'echo "rc=$rc"; [ $rc = 0 ] || tail -5 {rdir}/teardown.log; ' if teardown else 'echo "rc=0"; ')
+                  + (f"a=$EPOCHREALTIME; cd {rdir} 2>/dev/null && ( {teardown} ) >{rdir}/teardown.log 2>&1; "
+                     f'rc=$?; echo "rc=$rc"; echo "{MARK} teardown $a $EPOCHREALTIME"; '
+                     f"[ $rc = 0 ] || tail -5 {rdir}/teardown.log; " if teardown else 'echo "rc=0"; ')
                   + f"{KILL_ALL}; cd /; rm -rf {rdir} &")
         code, out = self._step(script, 120)
         parts = out.split(MARK + "\n")
@@ -384,8 +395,9 @@ class Session:
             rec.counters += collect.pair(before, collect.parse_snapshot(snapshot))
             rec.samples += collect.parse_samples(samples, t0)
             rec.stdout, rec.stderr = stdout, stderr
+        rec.teardown_s = _span(tail, "teardown")
         if not tail.startswith("rc=0"):
-            note = "teardown failed: " + " | ".join(tail.strip().splitlines())
+            note = "teardown failed: " + " | ".join(t for t in tail.strip().splitlines() if not t.startswith(MARK))
             rec.error = f"{rec.error}; {note}" if rec.error else note
 
     def _hierarchy(self, rec: RunRecord) -> None:
@@ -429,6 +441,12 @@ def _knob(name: str, value: Any) -> str:
     if name == "demotion_enabled":
         return f"echo {'true' if value else 'false'} > /sys/kernel/mm/numa/demotion_enabled\n"
     raise ValueError(name)
+
+
+def _span(out: str, step: str) -> float | None:
+    """Seconds between the two time stamps of a ``@@ddc <step> START END`` line."""
+    m = re.search(rf"^{MARK} {step} ([0-9.]+) ([0-9.]+)$", out, re.MULTILINE)
+    return round(float(m.group(2)) - float(m.group(1)), 6) if m else None
 
 
 def _parse_mark(out: str, rec: RunRecord) -> float | None:

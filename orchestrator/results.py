@@ -7,7 +7,7 @@ holds, in this order::
     run_id, status, workload, rep,
     <every parameter, sorted>            None where a run lacks it
     <every metric, sorted>               prefixed ``metric.`` where the name is taken
-    workload_s, exit_code, started, finished,
+    workload_s, setup_s, teardown_s, exit_code, started, finished,
     <level>.miss_ratio ..., amat_ns      when some run has cache levels (plugin runs)
     injected_ns, modelled_stall_ns       when some run has plugin statistics
 
@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from .store import Store
 
 HEAD = ("run_id", "status", "workload", "rep")
-TAIL = ("workload_s", "exit_code", "started", "finished")
+TAIL = ("workload_s", "setup_s", "teardown_s", "exit_code", "started", "finished")
 PLUGIN_TOTALS = ("injected_ns", "modelled_stall_ns")
 
 

@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started     REAL NOT NULL,         -- unix time
     finished    REAL NOT NULL,
     workload_s  REAL,                  -- the command's own wall time, measured in the guest
+    setup_s     REAL,                  -- the workload's setup steps, measured in the guest
+    teardown_s  REAL,                  -- its teardown steps, likewise
     stdout      TEXT NOT NULL,
     stderr      TEXT NOT NULL,
     error       TEXT
@@ -89,6 +91,8 @@ class RunRecord:
     finished: float
     exit_code: int | None = None
     workload_s: float | None = None
+    setup_s: float | None = None
+    teardown_s: float | None = None
     stdout: str = ""
     stderr: str = ""
     error: str | None = None
@@ -149,10 +153,10 @@ class Store:
         with self.transaction() as db:
             for table in ("metrics", "counters", "hierarchy", "levels", "nodes", "samples", "runs"):
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (r.run_id,))  # noqa: S608 (fixed names)
-            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (r.run_id, r.seq, r.workload, r.rep, json.dumps(r.params, sort_keys=True), r.status,
-                        r.blade, r.command, r.exit_code, r.started, r.finished, r.workload_s, r.stdout,
-                        r.stderr, r.error))
+                        r.blade, r.command, r.exit_code, r.started, r.finished, r.workload_s, r.setup_s,
+                        r.teardown_s, r.stdout, r.stderr, r.error))
             db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", [(r.run_id, *m) for m in r.metrics])
             db.executemany("INSERT INTO counters VALUES (?,?,?,?,?,?,?)",
                            [(r.run_id, src, node, name, b, a, None if a is None or b is None else a - b)
@@ -177,7 +181,8 @@ class Store:
     def runs(self) -> list[dict[str, Any]]:
         """Every run as a dict (params decoded), in campaign order, without stdout/stderr."""
         cur = self.db.execute("SELECT run_id, seq, workload, rep, params, status, blade, command, exit_code, "
-                              "started, finished, workload_s, error FROM runs ORDER BY seq, run_id")
+                              "started, finished, workload_s, setup_s, teardown_s, error "
+                              "FROM runs ORDER BY seq, run_id")
         cols = [c[0] for c in cur.description]
         out = []
         for row in cur.fetchall():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from orchestrator import collect
-from orchestrator.execute import _parse_mark
+from orchestrator.execute import _parse_mark, _span
 from orchestrator.hierarchy import figures
 from orchestrator.store import RunRecord
 from tests.conftest import DATA
@@ -80,3 +80,9 @@ def test_domstats_keeps_numbers_only() -> None:
     flat = collect.flat_domstats({"cpu.time": 12, "state.state": 1, "net.0.name": "vnet0", "x": True,
                                   "balloon.current": 1048576})
     assert flat == {"cpu.time": 12.0, "state.state": 1.0, "balloon.current": 1048576.0}
+
+
+def test_step_spans() -> None:
+    out = "started\n@@ddc setup 100.5 102.75\nnuma_hit 3\n"
+    assert _span(out, "setup") == 2.25
+    assert _span(out, "teardown") is None

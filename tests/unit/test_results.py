@@ -17,7 +17,7 @@ from orchestrator.results import arrow_column, export, tidy, write_csv, write_pa
 COLUMNS = ["run_id", "status", "workload", "rep",
            "mb0.latency_ns", "placement", "scale", "size", "threads",
            "events", "latency_ms", "metric.threads", "triad_mb_s",
-           "workload_s", "exit_code", "started", "finished",
+           "workload_s", "setup_s", "teardown_s", "exit_code", "started", "finished",
            "l1d.miss_ratio", "l2.miss_ratio", "llc.miss_ratio", "amat_ns",
            "injected_ns", "modelled_stall_ns"]
 
