@@ -40,7 +40,7 @@ matplotlib.use("Agg")  # no display; must come before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .errors import StateError  # noqa: E402
-from .results import LevelRow, levels, sampled_runs, samples  # noqa: E402
+from .results import LevelRow, levels, plugin_totals, sampled_runs, samples  # noqa: E402
 from .store import Store  # noqa: E402
 
 REPORT_DIR = "report"
@@ -348,11 +348,15 @@ def _sample_run(store: Store, runs: list[dict[str, Any]], run_id: str | None) ->
             raise StateError(f"run {run_id!r} is not in {store.path}", hint="give a run_id from the tidy table")
         return run_id
     sampled = sampled_runs(store)
-    return next((r["run_id"] for r in runs if r["status"] == "ok" and r["run_id"] in sampled), None)
+    candidates = [r["run_id"] for r in runs if r["status"] == "ok" and r["run_id"] in sampled]
+    # The run the plugin delayed most shows the most; without the plugin, the first.
+    injected = {k: v.get("injected_ns", 0) for k, v in plugin_totals(store).items()}
+    return max(candidates, key=lambda r: injected.get(r, 0), default=None)
 
 
 def load(store: Store, run_id: str | None = None) -> Campaign:
-    """Read the campaign; ``run_id`` picks the run for the time series (default: first ok run with samples)."""
+    """Read the campaign; ``run_id`` picks the run for the time series (default: the ok run with samples
+    that the plugin delayed most, or the first one)."""
     runs = store.runs()
     groups = group_runs(runs, store.metrics())
     meta = store.meta()

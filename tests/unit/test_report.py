@@ -163,7 +163,7 @@ def test_markdown_content(report: tuple[Path, list[Path]]) -> None:
     assert "Fixed: scale=1, threads=2." in md  # stream: only latency and placement vary
     assert "| 200 | remote | triad_mb_s | MB/s | higher | 2 | 1805 | 7.07107 | 63.53 |" in md
     assert "![Slowdown](slowdown.png)" in md and "Skipped" not in md
-    assert "Counters sampled during run stream-local-200-r0" in md  # the first ok run with samples
+    assert "Counters sampled during run stream-local-400-r1" in md  # the sampled run with the most injected ns
     assert "- campaign_file: /campaigns/synthetic.yaml\n" in md and "- primary.sysbench: latency_ms\n" in md
     assert "### campaign_yaml\n\n```\nname: synthetic\nworkloads: [stream, sysbench]\n```" in md  # verbatim
 
