@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import execute, testbed
+from . import execute, rack, testbed
 from . import image as images
 from .campaign import Run
 from .errors import DdcError, SpecError
@@ -281,6 +281,41 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _phases(timings: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items())
+
+
+def cmd_region_attach(a: argparse.Namespace) -> int:
+    reg, timings = rack.attach(testbed.testbed_name(a.file), a.blade, memory_blade=a.memory_blade, size=a.size,
+                               region=a.name, say=_say)
+    OUT.print(f"region {reg.name}: attached to {reg.owner} ({_phases(timings)})")
+    return 0
+
+
+def cmd_region_detach(a: argparse.Namespace) -> int:
+    reg, timings = rack.detach(testbed.testbed_name(a.file), a.region, say=_say)
+    OUT.print(f"region {reg.name}: detached ({_phases(timings)}); its bytes stay in {reg.memory_blade}")
+    return 0
+
+
+def cmd_region_list(a: argparse.Namespace) -> int:
+    regs, events = rack.list_regions(testbed.testbed_name(a.file))
+    if a.json:
+        print(json.dumps({"regions": [r.__dict__ for r in regs], "events": events}, indent=2))
+        return 0
+    table = Table("region", "memory blade", "size", "owner", "state", "port", "file", title="regions")
+    for r in regs:
+        table.add_row(r.name, r.memory_blade, format_size(r.size), r.owner or "-", r.state, r.port or "-", r.path)
+    OUT.print(table)
+    return 0
+
+
+def cmd_grant(a: argparse.Namespace) -> int:
+    reg, timings = rack.grant(testbed.testbed_name(a.file), a.region, a.to, say=_say)
+    OUT.print(f"region {reg.name}: granted to {reg.owner} ({_phases(timings)})")
+    return 0
+
+
 # -- parsing ----------------------------------------------------------------------------------------
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -297,6 +332,10 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "results": cmd_results,
     "report": cmd_report,
+    "region attach": cmd_region_attach,
+    "region detach": cmd_region_detach,
+    "region list": cmd_region_list,
+    "grant": cmd_grant,
 }
 
 
@@ -353,6 +392,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="PATH")
     p.add_argument("--parquet", metavar="PATH")
 
+    p = sub.add_parser("region", help="Rack MMU: memory regions that move between compute blades")
+    rsub = p.add_subparsers(dest="region_verb", required=True, metavar="ACTION")
+    r = rsub.add_parser("attach", help="hot-plug a new (or a detached) region into a compute blade")
+    r.add_argument("file")
+    r.add_argument("blade", help="the compute blade")
+    r.add_argument("--blade", dest="memory_blade", metavar="MEMORY_BLADE", help="the memory blade it comes from")
+    r.add_argument("--size", help="a power of two, e.g. 256M")
+    r.add_argument("--name", help="the region's name (default r0, r1, ...; an existing detached one is re-attached)")
+    r = rsub.add_parser("detach", help="release and hot-unplug a region; its bytes stay in the memory blade")
+    r.add_argument("file")
+    r.add_argument("region")
+    r = rsub.add_parser("list", help="regions: owner, size, state; --json adds the log of ownership changes")
+    r.add_argument("file")
+    r.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("grant", help="move a region to another compute blade (the owner releases it; zero-copy)")
+    p.add_argument("file")
+    p.add_argument("region")
+    p.add_argument("--to", required=True, metavar="BLADE")
+
     p = sub.add_parser("report", help="write a Markdown and HTML report with plots")
     p.add_argument("directory")
     p.add_argument("--run", metavar="RUN_ID", help="the run whose counters are plotted over time")
@@ -361,7 +420,8 @@ def parser() -> argparse.ArgumentParser:
 
 def parse(argv: Sequence[str]) -> Request:
     args = parser().parse_args(argv)
-    verb = args.verb + (f" {args.image_verb}" if args.verb == "image" else "")
+    sub = {"image": "image_verb", "region": "region_verb"}.get(args.verb)
+    verb = args.verb + (f" {getattr(args, sub)}" if sub else "")
     return Request(verb, args)
 
 

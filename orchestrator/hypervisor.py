@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -188,6 +189,37 @@ class Hypervisor:
                 self._domain(name), command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP))
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"monitor command {command!r} on {name}: {exc.get_error_message()}") from exc
+
+    def qmp(self, name: str, command: str, **arguments: Any) -> Any:
+        """A QMP command on a running domain (through libvirt); returns its ``return``."""
+        msg = json.dumps({"execute": command, **({"arguments": arguments} if arguments else {})})
+        try:
+            reply = json.loads(libvirt_qemu.qemuMonitorCommand(self._domain(name), msg, 0))
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"QMP {command} on {name}: {exc.get_error_message()}") from exc
+        if "error" in reply:
+            raise HypervisorError(f"QMP {command} on {name}: {reply['error'].get('desc', reply['error'])}")
+        return reply.get("return")
+
+    def free_root_ports(self, name: str, alias_prefix: str) -> dict[str, tuple[int, int]]:
+        """alias -> (slot, function) of the live domain's PCIe root ports whose alias starts with
+        ``alias_prefix`` and that libvirt put no device behind."""
+        try:
+            root = ET.fromstring(self._domain(name).XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"XML of {name}: {exc.get_error_message()}") from exc
+        devices = root.find("devices")
+        if devices is None:
+            return {}
+        used = {int(a.get("bus", "0"), 0) for a in devices.iter("address") if a.get("type") == "pci"}
+        out = {}
+        for ctl in devices.findall("controller"):
+            alias, addr = ctl.find("alias"), ctl.find("address")
+            if (ctl.get("model") != "pcie-root-port" or alias is None or addr is None
+                    or not alias.get("name", "").startswith(alias_prefix) or int(ctl.get("index", "0")) in used):
+                continue
+            out[alias.get("name", "")] = (int(addr.get("slot", "0"), 0), int(addr.get("function", "0"), 0))
+        return out
 
     def domstats(self, name: str) -> dict[str, Any]:
         """libvirt's statistics of a running domain (cpu.time, vcpu.N.*, balloon.*, block.*, net.*)."""

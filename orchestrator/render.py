@@ -47,6 +47,12 @@ class DomainConfig:
     ssh_port: int
     fw_cfg: tuple[tuple[str, Path], ...]  # fw_cfg name -> file (keys, hostname)
     extra_args: tuple[str, ...] = field(default=())  # e.g. the latency plugin
+    region_ports: int = 8  # PCIe root ports, about 6 left empty for regions attached at runtime (rack.py)
+
+
+# libvirt user aliases start with "ua-"; QEMU sees them as the root ports' ids.
+REGION_PORT_PREFIX = "ua-ddc-port"
+REGION_MAX = 1 << 30  # the largest region a port has room for (its BAR window)
 
 
 def hmat_bandwidth(gbps: float) -> int:
@@ -90,4 +96,5 @@ def qemu_args(d: DomainConfig) -> list[str]:
 
 
 def domain_xml(d: DomainConfig) -> str:
-    return _ENV.get_template("domain.xml.j2").render(d=d, qemu_args=qemu_args(d))
+    return _ENV.get_template("domain.xml.j2").render(d=d, qemu_args=qemu_args(d),
+                                                     region_port_prefix=REGION_PORT_PREFIX, region_max=REGION_MAX)

@@ -58,6 +58,9 @@ class TestbedState:
     # Journal, in creation order: {"kind": ..., plus "path" or "name" (and "uri")}.
     resources: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    # The Rack MMU (rack.py): memory regions by name, and every ownership change.
+    regions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def directory(self) -> Path:

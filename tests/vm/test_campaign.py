@@ -182,3 +182,17 @@ def test_timeout_and_dead_blade(rack: Path, tmp_path: Path) -> None:
     assert status[2][0] == "ok", "the blade came back and the campaign went on"
     assert proc.returncode == 3, output  # not every run was ok
     assert "ddc-test-daemon" not in guest(rack, "ps -eo comm")
+
+
+def test_kernel_knobs_are_set_per_run(rack: Path, tmp_path: Path) -> None:
+    file = campaign(rack, tmp_path, "knobs", workloads=["knobs"],
+                    matrix={"numa_balancing": [1, 0], "demotion_enabled": [True, False]})
+    out = tmp_path / "out"
+    ddc("run", str(file), "--out", str(out), env=EXTRA)
+    seen = {(json_params["numa_balancing"], json_params["demotion_enabled"]): (nb, de)
+            for json_params, nb, de in (
+                (yaml.safe_load(p), nb, de) for p, nb, de in rows(
+                    out, "SELECT r.params, a.value, b.value FROM runs r "
+                         "JOIN metrics a ON a.run_id = r.run_id AND a.name = 'numa_balancing' "
+                         "JOIN metrics b ON b.run_id = r.run_id AND b.name = 'demotion_enabled'"))}
+    assert seen == {(1, True): (1, 1), (1, False): (1, 0), (0, True): (0, 1), (0, False): (0, 0)}

@@ -1,0 +1,288 @@
+"""The Rack MMU: memory regions that change owner between compute blades.
+
+A region is a file in a memory blade's pool (the blade's tmpfs, so it counts
+against the blade's size), hot-plugged into exactly one compute blade at a time
+as an ``ivshmem-plain`` PCI device on one of the blade's empty PCIe root ports.
+Inside the guest it is ``/run/ddc/regions/<name>``, a link to the device's BAR
+(map it, or use ``ddc-region put|get``). The bytes stay in the host file; moving
+a region moves no data.
+
+Operations (each journaled in the testbed state before it acts, with a
+timestamped event after every phase, so that a crash half-way leaves a region
+``ddc region list`` shows and ``ddc down`` removes):
+
+``attach``  create (or re-attach a detached) region, hot-add it, name it in the guest
+``detach``  the owner's guest releases it (refused while a process maps it), hot-remove
+``grant``   detach from the owner, attach to another blade: the bytes never move
+
+Only the orchestrator changes ownership: a guest has no way to reach a region
+that is not plugged into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import guest, pools, state, testbed
+from .errors import GuestError, HypervisorError, SpecError, StateError
+from .hypervisor import Hypervisor
+from .render import REGION_PORT_PREFIX
+from .spec import check_name, format_size, parse_size
+from .state import TestbedState
+
+Say = Callable[[str], None]
+
+GUEST_DIR = "/run/ddc/regions"
+DETACH_TIMEOUT = 30.0  # the guest must acknowledge the hot-unplug
+ATTACH_TIMEOUT = 30.0  # the guest must see the new device
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class Region:
+    """One region, as kept in the testbed state (``TestbedState.regions``)."""
+
+    name: str
+    memory_blade: str
+    size: int
+    path: str
+    owner: str | None = None  # compute blade, or None when detached
+    port: str | None = None  # the root port it is plugged into (a libvirt alias)
+    state: str = "detached"  # detached | attaching | attached | releasing | detaching
+    created_at: float = 0.0
+
+    @property
+    def qom_id(self) -> str:
+        return f"ddc-region-{self.name}"
+
+
+def regions(st: TestbedState) -> list[Region]:
+    return [Region(**r) for r in st.regions.values()]
+
+
+def _save(st: TestbedState, reg: Region, event: str, **details: Any) -> None:
+    st.regions[reg.name] = reg.__dict__.copy()
+    st.events.append({"time": time.time(), "event": event, "region": reg.name, "owner": reg.owner,
+                      "state": reg.state, **details})
+    st.save()
+
+
+@contextlib.contextmanager
+def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.monotonic()
+    yield
+    timings[name] = round(time.monotonic() - start, 4)
+
+
+# -- the operations ------------------------------------------------------------------------------------
+
+def attach(name: str, blade: str, *, memory_blade: str | None = None, size: str | int | None = None,
+           region: str | None = None, say: Say = _quiet) -> tuple[Region, dict[str, float]]:
+    """Attach a new region (``memory_blade`` and ``size``) or a detached one (``region``) to ``blade``."""
+    timings: dict[str, float] = {}
+    with state.locked(name):
+        st = testbed.load_up(name)
+        testbed.endpoint(st, blade)  # validates the blade
+        if region is not None and region in st.regions:
+            reg = Region(**st.regions[region])
+            if reg.owner is not None or reg.state != "detached":
+                raise StateError(f"region {region!r} is {reg.state} (owner {reg.owner})",
+                                 hint=f"`ddc region detach` it first, or `ddc grant ... --to {blade}`")
+        else:
+            reg = _new_region(st, region, memory_blade, size)
+        with Hypervisor(st.uri) as hv:
+            _plug(st, hv, reg, blade, timings, say)
+    return reg, timings
+
+
+def detach(name: str, region: str, *, say: Say = _quiet) -> tuple[Region, dict[str, float]]:
+    timings: dict[str, float] = {}
+    with state.locked(name):
+        st = testbed.load_up(name)
+        reg = _region(st, region)
+        if reg.owner is None:
+            raise StateError(f"region {region!r} is not attached", hint="`ddc region list` shows the regions")
+        with Hypervisor(st.uri) as hv:
+            _unplug(st, hv, reg, timings, say)
+    return reg, timings
+
+
+def grant(name: str, region: str, to: str, *, say: Say = _quiet) -> tuple[Region, dict[str, float]]:
+    """The owner's guest releases the region, then it is plugged into ``to``: zero-copy."""
+    timings: dict[str, float] = {}
+    with state.locked(name):
+        st = testbed.load_up(name)
+        testbed.endpoint(st, to)
+        reg = _region(st, region)
+        if reg.owner == to:
+            raise StateError(f"region {region!r} already belongs to {to}")
+        with Hypervisor(st.uri) as hv:
+            if reg.owner is not None:
+                _unplug(st, hv, reg, timings, say)
+            _plug(st, hv, reg, to, timings, say)
+    return reg, timings
+
+
+def list_regions(name: str) -> tuple[list[Region], list[dict[str, Any]]]:
+    """The regions of a testbed and the log of ownership changes (also when the testbed is half up)."""
+    st = state.load(name)
+    if st is None:
+        raise StateError(f"testbed {name!r} is not up", hint="`ddc up FILE` brings it up")
+    return regions(st), list(st.events)
+
+
+# -- pieces --------------------------------------------------------------------------------------------
+
+def _region(st: TestbedState, region: str) -> Region:
+    if region not in st.regions:
+        raise SpecError(f"testbed {st.name!r} has no region {region!r}",
+                        hint=f"regions: {', '.join(st.regions) or 'none'}; `ddc region attach` makes one")
+    return Region(**st.regions[region])
+
+
+def _new_region(st: TestbedState, region: str | None, memory_blade: str | None,
+                size: str | int | None) -> Region:
+    if memory_blade is None or size is None:
+        raise SpecError("a new region needs --blade (the memory blade) and --size",
+                        hint="e.g. `ddc region attach FILE cb0 --blade mb0 --size 256M`")
+    try:
+        nbytes = parse_size(size)
+        name = check_name(region or f"r{len(st.regions)}")
+    except ValueError as exc:
+        raise SpecError(f"region: {exc}") from exc
+    if nbytes & (nbytes - 1):
+        raise SpecError(f"--size: {format_size(nbytes)} is not a power of two; a region is a PCI BAR",
+                        hint="use e.g. 64M, 256M or 1G")
+    rack = testbed.plan(st.spec_file).rack
+    mb = next((m for m in rack.memory_blades if m.name == memory_blade), None)
+    if mb is None:
+        raise SpecError(f"--blade: testbed {st.name!r} has no memory blade {memory_blade!r}",
+                        hint=f"memory blades: {', '.join(m.name for m in rack.memory_blades)}")
+    used = sum(p.size for p in mb.slices) + sum(r["size"] for r in st.regions.values()
+                                               if r["memory_blade"] == mb.name)
+    if used + nbytes > mb.size:
+        raise SpecError(f"--size: {format_size(nbytes)} does not fit in memory blade {mb.name}: "
+                        f"{format_size(mb.size - used)} of {format_size(mb.size)} is free",
+                        hint="use a smaller region, detach and remove others, or give the blade more memory")
+    path = mb.pool_dir / f"region-{name}"
+    reg = Region(name=name, memory_blade=mb.name, size=nbytes, path=str(path), created_at=time.time())
+    st.record("file", path=path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, nbytes)
+    finally:
+        os.close(fd)
+    pools.hand_to_qemu(path)
+    _save(st, reg, "created", memory_blade=mb.name, size=nbytes)
+    return reg
+
+
+def _free_port(st: TestbedState, hv: Hypervisor, blade: str) -> tuple[str, tuple[int, int]]:
+    ports = hv.free_root_ports(st.blades[blade].domain, REGION_PORT_PREFIX)
+    taken = {r["port"] for r in st.regions.values() if r["owner"] == blade}
+    for alias in sorted(ports):
+        if alias not in taken:
+            return alias, ports[alias]
+    raise StateError(f"{blade} has no free root port for another region ({len(ports)} ports, all used)",
+                     hint="detach a region from it first")
+
+
+def _plug(st: TestbedState, hv: Hypervisor, reg: Region, blade: str, timings: dict[str, float], say: Say) -> None:
+    dom = st.blades[blade].domain
+    port, (slot, function) = _free_port(st, hv, blade)
+    reg.owner, reg.port, reg.state = blade, port, "attaching"
+    _save(st, reg, "attaching", port=port)
+    with _phase(timings, "attach"):
+        hv.qmp(dom, "object-add", **{"qom-type": "memory-backend-file", "id": reg.qom_id,
+                                     "mem-path": reg.path, "size": reg.size, "share": True})
+        hv.qmp(dom, "device_add", driver="ivshmem-plain", id=reg.qom_id, memdev=reg.qom_id, bus=port)
+    with _phase(timings, "map"):
+        resource = _guest_map(st, blade, reg.name, slot, function)
+    reg.state = "attached"
+    _save(st, reg, "attached", resource=resource, **{f"{k}_s": v for k, v in timings.items()})
+    say(f"region {reg.name} ({format_size(reg.size)} of {reg.memory_blade}) attached to {blade} "
+        f"as {GUEST_DIR}/{reg.name}")
+
+
+def _unplug(st: TestbedState, hv: Hypervisor, reg: Region, timings: dict[str, float], say: Say) -> None:
+    assert reg.owner is not None
+    owner = reg.owner
+    dom = st.blades[owner].domain
+    reg.state = "releasing"
+    _save(st, reg, "releasing")
+    try:
+        with _phase(timings, "release"):
+            _guest_release(st, owner, reg.name)
+    except StateError as exc:  # in use: nothing changes
+        reg.state = "attached"
+        _save(st, reg, "release refused", reason=exc.message)
+        raise
+    reg.state = "detaching"
+    _save(st, reg, "detaching")
+    with _phase(timings, "detach"):
+        with contextlib.suppress(HypervisorError):  # already gone after an earlier, interrupted detach
+            hv.qmp(dom, "device_del", id=reg.qom_id)
+        _wait_gone(hv, dom, reg.qom_id)
+        hv.qmp(dom, "object-del", id=reg.qom_id)
+    reg.owner, reg.port, reg.state = None, None, "detached"
+    _save(st, reg, "detached", previous_owner=owner, **{f"{k}_s": v for k, v in timings.items()})
+    say(f"region {reg.name} detached from {owner}")
+
+
+def _wait_gone(hv: Hypervisor, dom: str, qom_id: str) -> None:
+    deadline = time.monotonic() + DETACH_TIMEOUT
+    while time.monotonic() < deadline:
+        names = {p["name"] for p in hv.qmp(dom, "qom-list", path="/machine/peripheral")}
+        if qom_id not in names:
+            return
+        time.sleep(0.05)
+    raise GuestError(f"{dom}: the guest did not release device {qom_id} within {DETACH_TIMEOUT:.0f} s",
+                     hint="is pciehp loaded in the guest? the region stays attached")
+
+
+# -- in the guest --------------------------------------------------------------------------------------
+
+def _guest(st: TestbedState, blade: str, script: str, timeout: float) -> str:
+    conn = guest.connect(testbed.endpoint(st, blade))
+    try:
+        return guest.run(conn, script, timeout=timeout, blade=blade).stdout
+    finally:
+        conn.close()
+
+
+def _guest_map(st: TestbedState, blade: str, name: str, slot: int, function: int) -> str:
+    """Wait for the device under its root port, and name it /run/ddc/regions/<name>."""
+    port_dir = f"/sys/bus/pci/devices/0000:00:{slot:02x}.{function}"
+    script = (f"for i in $(seq 1 {int(ATTACH_TIMEOUT * 10)}); do "
+              f"r=$(ls -d {port_dir}/0000:*:00.0/resource2 2>/dev/null | head -1); "
+              f'[ -n "$r" ] && break; sleep 0.1; done; '
+              f'[ -n "$r" ] || {{ echo "no device under {port_dir}" >&2; exit 1; }}; '
+              f'r=$(readlink -f "$r"); mkdir -p {GUEST_DIR} && ln -sfn "$r" {GUEST_DIR}/{name} && echo "$r"')
+    return _guest(st, blade, script, ATTACH_TIMEOUT + 15).strip()
+
+
+def _guest_release(st: TestbedState, blade: str, name: str) -> None:
+    """Refuse while a process maps the region; then remove its name."""
+    link = f"{GUEST_DIR}/{name}"
+    # /proc/PID/maps names the canonical sysfs path of the BAR's resource file.
+    script = (f'r=$(readlink -f {link}) || exit 0; '
+              f'users=$(grep -lF "$r" /proc/[0-9]*/maps 2>/dev/null | cut -d/ -f3 | tr "\\n" " "); '
+              f'[ -z "$users" ] || {{ echo "in use by pid $users" >&2; exit 3; }}; sync; rm -f {link}')
+    try:
+        _guest(st, blade, script, 30)
+    except GuestError as exc:
+        m = re.search(r"in use by pid ([\d ]+)", exc.message)
+        if m:
+            raise StateError(f"region {name!r} is mapped by process(es) {m.group(1).strip()} on {blade}",
+                             hint="stop them first (or `ddc steal` takes it without asking)") from exc
+        raise
+

@@ -1,0 +1,88 @@
+"""The Rack MMU on a real testbed: regions attached, granted and detached between
+two blades, bytes checked from inside the guests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import state
+from tests.vm.conftest import ddc, leftovers, make_rack
+
+pytestmark = pytest.mark.vm
+
+NAME = "ddcrack"
+
+
+@pytest.fixture(scope="module")
+def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = make_rack(tmp_path_factory.mktemp("rack"), NAME)
+    ddc("up", str(path))
+    yield path
+    ddc("down", str(path), check=False)
+    assert leftovers(NAME) == [], f"`ddc down` left {leftovers(NAME)}"
+
+
+def sh(rack: Path, blade: str, command: str, check: bool = True) -> str:
+    return ddc("ssh", str(rack), blade, "--", "sh", "-c", command, check=check).stdout
+
+
+def regions(rack: Path) -> dict:
+    return json.loads(ddc("region", "list", str(rack), "--json").stdout)
+
+
+def test_grant_moves_the_bytes_without_copying_them(rack: Path, tmp_path: Path) -> None:
+    ddc("region", "attach", str(rack), "cb0", "--blade", "mb0", "--size", "64M", "--name", "g1")
+    listed = regions(rack)["regions"]
+    assert [(r["name"], r["owner"], r["state"], r["size"]) for r in listed] == [("g1", "cb0", "attached", 64 << 20)]
+    host_file = Path(listed[0]["path"])
+    assert host_file.stat().st_size == 64 << 20
+    assert not sh(rack, "cb1", "ls /run/ddc/regions 2>/dev/null; true"), "cb1 does not see cb0's region"
+
+    # 8 MiB of random data, written in cb0 through the region's BAR
+    digest = sh(rack, "cb0", "head -c 8388608 /dev/urandom > /tmp/data && ddc-region put g1 < /tmp/data >/dev/null "
+                             "&& md5sum < /tmp/data").split()[0]
+    inode = host_file.stat().st_ino
+
+    out = ddc("grant", str(rack), "g1", "--to", "cb1")
+    assert "granted to cb1" in out.stdout
+    listed = regions(rack)
+    assert [(r["owner"], r["state"]) for r in listed["regions"]] == [("cb1", "attached")]
+    assert host_file.stat().st_ino == inode, "the same host file: nothing was copied"
+    assert sh(rack, "cb1", "ddc-region get g1 | md5sum").split()[0] == digest
+    assert not sh(rack, "cb0", "ls /run/ddc/regions/ 2>/dev/null; true"), "cb0 lost the region"
+    assert "ivshmem" not in sh(rack, "cb0", "cat /proc/iomem; lspci 2>/dev/null", check=False)
+
+    # every ownership change is logged with a timestamp
+    events = [(e["event"], e["owner"]) for e in listed["events"]]
+    assert events[:3] == [("created", None), ("attaching", "cb0"), ("attached", "cb0")]
+    assert events[-1] == ("attached", "cb1") and ("detached", None) in events
+    st = state.load(NAME)
+    assert st is not None and all(e["time"] > st.created_at for e in st.events)
+
+    ddc("region", "detach", str(rack), "g1")
+    assert [(r["owner"], r["state"]) for r in regions(rack)["regions"]] == [(None, "detached")]
+    # re-attached to cb0, the bytes are still there
+    ddc("region", "attach", str(rack), "cb0", "--name", "g1")
+    assert sh(rack, "cb0", "ddc-region get g1 | md5sum").split()[0] == digest
+
+
+def test_a_mapped_region_is_not_released(rack: Path) -> None:
+    ddc("region", "attach", str(rack), "cb1", "--blade", "mb0", "--size", "64M", "--name", "busy")
+    sh(rack, "cb1", "setsid -f ddc-region hold busy </dev/null >/dev/null 2>&1")  # keeps the BAR mapped
+    proc = ddc("grant", str(rack), "busy", "--to", "cb0", check=False)
+    assert proc.returncode != 0 and "is mapped by process" in proc.stderr, proc.stderr
+    regs = {r["name"]: r for r in regions(rack)["regions"]}
+    assert (regs["busy"]["owner"], regs["busy"]["state"]) == ("cb1", "attached"), "nothing changed"
+    sh(rack, "cb1", "pkill -x ddc-region")
+    ddc("grant", str(rack), "busy", "--to", "cb0")
+
+
+@pytest.mark.parametrize("size,message", [("100M", "not a power of two"), ("8G", "does not fit"),
+                                          ("64X", "not a size")])
+def test_bad_regions_are_refused(rack: Path, size: str, message: str) -> None:
+    proc = ddc("region", "attach", str(rack), "cb0", "--blade", "mb0", "--size", size, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
