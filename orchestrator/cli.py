@@ -316,6 +316,27 @@ def cmd_grant(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_steal(a: argparse.Namespace) -> int:
+    reg, timings = rack.steal(testbed.testbed_name(a.file), a.region, a.to, say=_say)
+    OUT.print(f"region {reg.name}: stolen for {reg.owner} ({_phases(timings)})")
+    return 0
+
+
+def cmd_restart(a: argparse.Namespace) -> int:
+    testbed.restart_blade(testbed.testbed_name(a.file), a.blade, say=_say)
+    return 0
+
+
+def cmd_fail(a: argparse.Namespace) -> int:
+    name = testbed.testbed_name(a.file)
+    st = testbed.load_up(name)
+    if a.blade not in st.blades:
+        raise SpecError(f"{a.blade!r} is not a compute blade of {name}",
+                        hint=f"compute blades: {', '.join(st.blades)} (failing a memory blade is not built yet)")
+    rack.crash(name, a.blade, say=_say)
+    return 0
+
+
 # -- parsing ----------------------------------------------------------------------------------------
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -336,6 +357,9 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "region detach": cmd_region_detach,
     "region list": cmd_region_list,
     "grant": cmd_grant,
+    "steal": cmd_steal,
+    "fail": cmd_fail,
+    "restart": cmd_restart,
 }
 
 
@@ -411,6 +435,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("region")
     p.add_argument("--to", required=True, metavar="BLADE")
+
+    p = sub.add_parser("steal", help="move a region without asking its owner (the owner is fenced first)")
+    p.add_argument("file")
+    p.add_argument("region")
+    p.add_argument("--to", required=True, metavar="BLADE")
+
+    p = sub.add_parser("fail", help="crash a compute blade (its QEMU is stopped at once)")
+    p.add_argument("file")
+    p.add_argument("blade")
+
+    p = sub.add_parser("restart", help="boot a compute blade again after a crash (disk and pool slices kept)")
+    p.add_argument("file")
+    p.add_argument("blade")
 
     p = sub.add_parser("report", help="write a Markdown and HTML report with plots")
     p.add_argument("directory")

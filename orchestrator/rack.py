@@ -14,6 +14,9 @@ timestamped event after every phase, so that a crash half-way leaves a region
 ``attach``  create (or re-attach a detached) region, hot-add it, name it in the guest
 ``detach``  the owner's guest releases it (refused while a process maps it), hot-remove
 ``grant``   detach from the owner, attach to another blade: the bytes never move
+``steal``   the owner is not asked: it is fenced (its QEMU stopped), then the
+            region goes to another blade
+``crash``   fail a compute blade (its QEMU stopped at once); its regions are freed
 
 Only the orchestrator changes ownership: a guest has no way to reach a region
 that is not plugged into it.
@@ -130,6 +133,45 @@ def grant(name: str, region: str, to: str, *, say: Say = _quiet) -> tuple[Region
                 _unplug(st, hv, reg, timings, say)
             _plug(st, hv, reg, to, timings, say)
     return reg, timings
+
+
+def steal(name: str, region: str, to: str, *, say: Say = _quiet) -> tuple[Region, dict[str, float]]:
+    """Give a region to ``to`` without asking its owner: the owner is fenced first
+    (its QEMU is stopped, so it cannot write to the region any more), then the
+    region is plugged into ``to``. The bytes are those the owner last wrote."""
+    timings: dict[str, float] = {}
+    with state.locked(name):
+        st = testbed.load_up(name)
+        testbed.endpoint(st, to)
+        reg = _region(st, region)
+        if reg.owner == to:
+            raise StateError(f"region {region!r} already belongs to {to}")
+        with Hypervisor(st.uri) as hv:
+            if reg.owner is not None:
+                with _phase(timings, "fence"):
+                    _fence(st, hv, reg.owner, "fenced", say)
+                reg = _region(st, region)
+            _plug(st, hv, reg, to, timings, say)
+    return reg, timings
+
+
+def crash(name: str, blade: str, *, say: Say = _quiet) -> None:
+    """Fail a compute blade: its QEMU is stopped at once, as a crash would. Its
+    regions are released (their bytes stay in the memory blade, ready to steal)."""
+    with state.locked(name):
+        st = testbed.load_up(name)
+        testbed.endpoint(st, blade)
+        with Hypervisor(st.uri) as hv:
+            _fence(st, hv, blade, "crashed", say)
+
+
+def _fence(st: TestbedState, hv: Hypervisor, blade: str, why: str, say: Say) -> None:
+    hv.destroy(st.blades[blade].domain)
+    for reg in regions(st):
+        if reg.owner == blade:
+            reg.owner, reg.port, reg.state = None, None, "detached"
+            _save(st, reg, f"owner {why}", previous_owner=blade)
+    say(f"compute blade {blade} {why} (QEMU stopped); `ddc restart FILE {blade}` boots it again")
 
 
 def list_regions(name: str) -> tuple[list[Region], list[dict[str, Any]]]:

@@ -86,3 +86,29 @@ def test_a_mapped_region_is_not_released(rack: Path) -> None:
 def test_bad_regions_are_refused(rack: Path, size: str, message: str) -> None:
     proc = ddc("region", "attach", str(rack), "cb0", "--blade", "mb0", "--size", size, check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_steal_after_a_crash_and_from_a_live_owner(rack: Path) -> None:
+    ddc("region", "attach", str(rack), "cb0", "--blade", "mb0", "--size", "64M", "--name", "s1")
+    digest = sh(rack, "cb0", "head -c 1000000 /dev/urandom > /tmp/d && ddc-region put s1 < /tmp/d >/dev/null "
+                             "&& md5sum < /tmp/d").split()[0]
+    ddc("fail", str(rack), "cb0")
+    status = json.loads(ddc("status", str(rack), "--json").stdout)[0]
+    assert {b["name"]: b["state"] for b in status["blades"]}["cb0"] != "running"
+    owners = {r["name"]: (r["owner"], r["state"]) for r in regions(rack)["regions"]}
+    assert owners["s1"] == (None, "detached"), "a crashed owner's regions are free to steal"
+
+    out = ddc("steal", str(rack), "s1", "--to", "cb1")
+    assert "stolen for cb1" in out.stdout
+    assert sh(rack, "cb1", "ddc-region get s1 | md5sum").split()[0] == digest, "the bytes the owner wrote"
+
+    # from a live owner: it is fenced first
+    ddc("restart", str(rack), "cb0")
+    out = ddc("steal", str(rack), "s1", "--to", "cb0")
+    assert "fence" in out.stdout
+    status = json.loads(ddc("status", str(rack), "--json").stdout)[0]
+    assert {b["name"]: b["state"] for b in status["blades"]}["cb1"] != "running", "cb1 was fenced"
+    assert sh(rack, "cb0", "ddc-region get s1 | md5sum").split()[0] == digest
+    events = [e["event"] for e in regions(rack)["events"] if e["region"] == "s1"]
+    assert "owner crashed" in events and "owner fenced" in events
+    ddc("restart", str(rack), "cb1")
