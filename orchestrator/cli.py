@@ -287,7 +287,7 @@ def _phases(timings: dict[str, float]) -> str:
 
 def cmd_region_attach(a: argparse.Namespace) -> int:
     reg, timings = rack.attach(testbed.testbed_name(a.file), a.blade, memory_blade=a.memory_blade, size=a.size,
-                               region=a.name, say=_say)
+                               region=a.name, kind=a.kind, say=_say)
     OUT.print(f"region {reg.name}: attached to {reg.owner} ({_phases(timings)})")
     return 0
 
@@ -303,9 +303,10 @@ def cmd_region_list(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps({"regions": [r.__dict__ for r in regs], "events": events}, indent=2))
         return 0
-    table = Table("region", "memory blade", "size", "owner", "state", "port", "file", title="regions")
+    table = Table("region", "as", "memory blade", "size", "owner", "state", "port", "file", title="regions")
     for r in regs:
-        table.add_row(r.name, r.memory_blade, format_size(r.size), r.owner or "-", r.state, r.port or "-", r.path)
+        table.add_row(r.name, r.kind, r.memory_blade, format_size(r.size), r.owner or "-", r.state, r.port or "-",
+                      r.path)
     OUT.print(table)
     return 0
 
@@ -424,6 +425,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--blade", dest="memory_blade", metavar="MEMORY_BLADE", help="the memory blade it comes from")
     r.add_argument("--size", help="a power of two, e.g. 256M")
     r.add_argument("--name", help="the region's name (default r0, r1, ...; an existing detached one is re-attached)")
+    r.add_argument("--as", dest="kind", choices=rack.KINDS, default="shm",
+                   help="shm: the raw shared memory (a PCI BAR; default); fs: an ext4 file system on it, "
+                        "mounted at /run/ddc/regions/NAME")
     r = rsub.add_parser("detach", help="release and hot-unplug a region; its bytes stay in the memory blade")
     r.add_argument("file")
     r.add_argument("region")

@@ -36,6 +36,7 @@ from . import guest, pools, state, testbed
 from .errors import GuestError, HypervisorError, SpecError, StateError
 from .hypervisor import Hypervisor
 from .render import REGION_PORT_PREFIX
+from .runner import run
 from .spec import check_name, format_size, parse_size
 from .state import TestbedState
 
@@ -44,6 +45,9 @@ Say = Callable[[str], None]
 GUEST_DIR = "/run/ddc/regions"
 DETACH_TIMEOUT = 30.0  # the guest must acknowledge the hot-unplug
 ATTACH_TIMEOUT = 30.0  # the guest must see the new device
+
+
+KINDS = ("shm", "fs")
 
 
 def _quiet(_msg: str) -> None:
@@ -62,6 +66,7 @@ class Region:
     port: str | None = None  # the root port it is plugged into (a libvirt alias)
     state: str = "detached"  # detached | attaching | attached | releasing | detaching
     created_at: float = 0.0
+    kind: str = "shm"  # shm: the raw BAR; fs: an ext4 file system on it, mounted in the guest
 
     @property
     def qom_id(self) -> str:
@@ -89,7 +94,7 @@ def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
 # -- the operations ------------------------------------------------------------------------------------
 
 def attach(name: str, blade: str, *, memory_blade: str | None = None, size: str | int | None = None,
-           region: str | None = None, say: Say = _quiet) -> tuple[Region, dict[str, float]]:
+           region: str | None = None, kind: str = "shm", say: Say = _quiet) -> tuple[Region, dict[str, float]]:
     """Attach a new region (``memory_blade`` and ``size``) or a detached one (``region``) to ``blade``."""
     timings: dict[str, float] = {}
     with state.locked(name):
@@ -101,7 +106,7 @@ def attach(name: str, blade: str, *, memory_blade: str | None = None, size: str 
                 raise StateError(f"region {region!r} is {reg.state} (owner {reg.owner})",
                                  hint=f"`ddc region detach` it first, or `ddc grant ... --to {blade}`")
         else:
-            reg = _new_region(st, region, memory_blade, size)
+            reg = _new_region(st, region, memory_blade, size, kind)
         with Hypervisor(st.uri) as hv:
             _plug(st, hv, reg, blade, timings, say)
     return reg, timings
@@ -192,7 +197,7 @@ def _region(st: TestbedState, region: str) -> Region:
 
 
 def _new_region(st: TestbedState, region: str | None, memory_blade: str | None,
-                size: str | int | None) -> Region:
+                size: str | int | None, kind: str = "shm") -> Region:
     if memory_blade is None or size is None:
         raise SpecError("a new region needs --blade (the memory blade) and --size",
                         hint="e.g. `ddc region attach FILE cb0 --blade mb0 --size 256M`")
@@ -201,6 +206,8 @@ def _new_region(st: TestbedState, region: str | None, memory_blade: str | None,
         name = check_name(region or f"r{len(st.regions)}")
     except ValueError as exc:
         raise SpecError(f"region: {exc}") from exc
+    if kind not in KINDS:
+        raise SpecError(f"--as: {kind!r} is not a region kind", hint=f"use one of: {', '.join(KINDS)}")
     if nbytes & (nbytes - 1):
         raise SpecError(f"--size: {format_size(nbytes)} is not a power of two; a region is a PCI BAR",
                         hint="use e.g. 64M, 256M or 1G")
@@ -216,13 +223,16 @@ def _new_region(st: TestbedState, region: str | None, memory_blade: str | None,
                         f"{format_size(mb.size - used)} of {format_size(mb.size)} is free",
                         hint="use a smaller region, detach and remove others, or give the blade more memory")
     path = mb.pool_dir / f"region-{name}"
-    reg = Region(name=name, memory_blade=mb.name, size=nbytes, path=str(path), created_at=time.time())
+    reg = Region(name=name, memory_blade=mb.name, size=nbytes, path=str(path), created_at=time.time(), kind=kind)
     st.record("file", path=path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.ftruncate(fd, nbytes)
     finally:
         os.close(fd)
+    if kind == "fs":
+        # Made on the host, where e2fsprogs is; the guest only mounts it.
+        run(["mkfs.ext4", "-q", "-F", "-L", name[:16], "-E", "root_owner=0:0", str(path)])
     pools.hand_to_qemu(path)
     _save(st, reg, "created", memory_blade=mb.name, size=nbytes)
     return reg
@@ -248,7 +258,7 @@ def _plug(st: TestbedState, hv: Hypervisor, reg: Region, blade: str, timings: di
                                      "mem-path": reg.path, "size": reg.size, "share": True})
         hv.qmp(dom, "device_add", driver="ivshmem-plain", id=reg.qom_id, memdev=reg.qom_id, bus=port)
     with _phase(timings, "map"):
-        resource = _guest_map(st, blade, reg.name, slot, function)
+        resource = _guest_map(st, blade, reg, slot, function)
     reg.state = "attached"
     _save(st, reg, "attached", resource=resource, **{f"{k}_s": v for k, v in timings.items()})
     say(f"region {reg.name} ({format_size(reg.size)} of {reg.memory_blade}) attached to {blade} "
@@ -263,7 +273,7 @@ def _unplug(st: TestbedState, hv: Hypervisor, reg: Region, timings: dict[str, fl
     _save(st, reg, "releasing")
     try:
         with _phase(timings, "release"):
-            _guest_release(st, owner, reg.name)
+            _guest_release(st, owner, reg)
     except StateError as exc:  # in use: nothing changes
         reg.state = "attached"
         _save(st, reg, "release refused", reason=exc.message)
@@ -301,30 +311,52 @@ def _guest(st: TestbedState, blade: str, script: str, timeout: float) -> str:
         conn.close()
 
 
-def _guest_map(st: TestbedState, blade: str, name: str, slot: int, function: int) -> str:
-    """Wait for the device under its root port, and name it /run/ddc/regions/<name>."""
+def _guest_map(st: TestbedState, blade: str, reg: Region, slot: int, function: int) -> str:
+    """Wait for the device under its root port, and name it /run/ddc/regions/<name>:
+    a link to its BAR (shm), or the mount point of the file system on it (fs: the
+    BAR becomes a block device through the kernel's phram and mtdblock)."""
     port_dir = f"/sys/bus/pci/devices/0000:00:{slot:02x}.{function}"
+    where = f"{GUEST_DIR}/{reg.name}"
     script = (f"for i in $(seq 1 {int(ATTACH_TIMEOUT * 10)}); do "
               f"r=$(ls -d {port_dir}/0000:*:00.0/resource2 2>/dev/null | head -1); "
               f'[ -n "$r" ] && break; sleep 0.1; done; '
               f'[ -n "$r" ] || {{ echo "no device under {port_dir}" >&2; exit 1; }}; '
-              f'r=$(readlink -f "$r"); mkdir -p {GUEST_DIR} && ln -sfn "$r" {GUEST_DIR}/{name} && echo "$r"')
+              f'r=$(readlink -f "$r"); mkdir -p {GUEST_DIR}; ')
+    if reg.kind == "fs":
+        # phram names must be unique for the life of the module: one per attach.
+        mtd = f"{reg.name}.{int(time.time())}"
+        script += (f'start=$(sed -n 3p "$(dirname "$r")/resource" | cut -d" " -f1); '
+                   f'spec="{mtd},$start,{reg.size}"; '
+                   f'if [ -d /sys/module/phram ]; then echo "$spec" > /sys/module/phram/parameters/phram; '
+                   f'else modprobe phram phram="$spec"; fi && modprobe mtdblock && '
+                   f'n=$(grep "\"{mtd}\"" /proc/mtd | cut -d: -f1 | tr -dc 0-9) && '
+                   f'for i in $(seq 1 50); do [ -b /dev/mtdblock$n ] && break; sleep 0.1; done; '
+                   f'mkdir -p {where} && mount -t ext4 /dev/mtdblock$n {where} && echo "/dev/mtdblock$n $r"')
+    else:
+        script += f'ln -sfn "$r" {where} && echo "$r"'
     return _guest(st, blade, script, ATTACH_TIMEOUT + 15).strip()
 
 
-def _guest_release(st: TestbedState, blade: str, name: str) -> None:
-    """Refuse while a process maps the region; then remove its name."""
-    link = f"{GUEST_DIR}/{name}"
-    # /proc/PID/maps names the canonical sysfs path of the BAR's resource file.
-    script = (f'r=$(readlink -f {link}) || exit 0; '
-              f'users=$(grep -lF "$r" /proc/[0-9]*/maps 2>/dev/null | cut -d/ -f3 | tr "\\n" " "); '
-              f'[ -z "$users" ] || {{ echo "in use by pid $users" >&2; exit 3; }}; sync; rm -f {link}')
+def _guest_release(st: TestbedState, blade: str, reg: Region) -> None:
+    """Refuse while a process uses the region (maps the BAR, or has files open in
+    its file system); then remove its name (unmount: data reaches the region)."""
+    where = f"{GUEST_DIR}/{reg.name}"
+    if reg.kind == "fs":
+        script = (f"mountpoint -q {where} || exit 0; sync; "
+                  f'umount {where} 2>/dev/null || {{ echo "in use by pid $(fuser -m {where} 2>/dev/null)" >&2; '
+                  f"exit 3; }}; rmdir {where}; grep -q mtdblock /proc/mounts || rmmod mtdblock phram 2>/dev/null; "
+                  "true")
+    else:
+        # /proc/PID/maps names the canonical sysfs path of the BAR's resource file.
+        script = (f'r=$(readlink -f {where}) || exit 0; '
+                  f'users=$(grep -lF "$r" /proc/[0-9]*/maps 2>/dev/null | cut -d/ -f3 | tr "\\n" " "); '
+                  f'[ -z "$users" ] || {{ echo "in use by pid $users" >&2; exit 3; }}; sync; rm -f {where}')
     try:
         _guest(st, blade, script, 30)
     except GuestError as exc:
-        m = re.search(r"in use by pid ([\d ]+)", exc.message)
-        if m:
-            raise StateError(f"region {name!r} is mapped by process(es) {m.group(1).strip()} on {blade}",
+        found = re.findall(r"in use by pid ([\d ]*)", exc.message)  # the last: stderr, after the command
+        if found:
+            who = f"process(es) {found[-1].strip()}" if found[-1].strip() else "a process"
+            raise StateError(f"region {reg.name!r} is in use by {who} on {blade}",
                              hint="stop them first (or `ddc steal` takes it without asking)") from exc
         raise
-

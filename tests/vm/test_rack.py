@@ -4,12 +4,16 @@ two blades, bytes checked from inside the guests."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrator import state
+from orchestrator.hypervisor import Hypervisor
 from tests.vm.conftest import ddc, leftovers, make_rack
 
 pytestmark = pytest.mark.vm
@@ -74,7 +78,7 @@ def test_a_mapped_region_is_not_released(rack: Path) -> None:
     ddc("region", "attach", str(rack), "cb1", "--blade", "mb0", "--size", "64M", "--name", "busy")
     sh(rack, "cb1", "setsid -f ddc-region hold busy </dev/null >/dev/null 2>&1")  # keeps the BAR mapped
     proc = ddc("grant", str(rack), "busy", "--to", "cb0", check=False)
-    assert proc.returncode != 0 and "is mapped by process" in proc.stderr, proc.stderr
+    assert proc.returncode != 0 and "is in use by process" in proc.stderr, proc.stderr
     regs = {r["name"]: r for r in regions(rack)["regions"]}
     assert (regs["busy"]["owner"], regs["busy"]["state"]) == ("cb1", "attached"), "nothing changed"
     sh(rack, "cb1", "pkill -x ddc-region")
@@ -112,3 +116,32 @@ def test_steal_after_a_crash_and_from_a_live_owner(rack: Path) -> None:
     events = [e["event"] for e in regions(rack)["events"] if e["region"] == "s1"]
     assert "owner crashed" in events and "owner fenced" in events
     ddc("restart", str(rack), "cb1")
+
+
+REDIS = ("redis-server --port 6400 --daemonize yes --dir /run/ddc/regions/aof --appendonly yes "
+         "--appendfsync always --save '' && "
+         "until redis-cli -p 6400 ping 2>/dev/null | grep -q PONG; do sleep 0.1; done")
+
+
+def test_redis_comes_back_on_another_blade_by_stealing_its_file_system(rack: Path) -> None:
+    n = 2000
+    ddc("region", "attach", str(rack), "cb0", "--blade", "mb0", "--size", "256M", "--name", "aof", "--as", "fs")
+    assert "/run/ddc/regions/aof ext4" in sh(rack, "cb0", "cat /proc/mounts")
+    sh(rack, "cb0", f"{REDIS} && seq 1 {n} | sed 's/.*/SET key:& value:&/' | redis-cli -p 6400 >/dev/null")
+    assert sh(rack, "cb0", "redis-cli -p 6400 dbsize").strip() == str(n)
+
+    st = state.load(NAME)
+    assert st is not None
+    with Hypervisor(st.uri) as hv:
+        pid = hv.qemu_pid(st.blades["cb0"].domain)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the blade dies; no goodbye, no unmount
+    killed = time.monotonic()
+    ddc("steal", str(rack), "aof", "--to", "cb1")
+    sh(rack, "cb1", REDIS)
+    serving = time.monotonic() - killed
+    assert sh(rack, "cb1", "redis-cli -p 6400 dbsize").strip() == str(n), "every acknowledged write survived"
+    assert sh(rack, "cb1", "redis-cli -p 6400 get key:1234").strip() == "value:1234"
+    print(f"kill -> redis serving {n} keys on cb1: {serving:.1f} s")
+    sh(rack, "cb1", "redis-cli -p 6400 shutdown nosave; true")
+    ddc("restart", str(rack), "cb0")
