@@ -331,10 +331,10 @@ def cmd_restart(a: argparse.Namespace) -> int:
 def cmd_fail(a: argparse.Namespace) -> int:
     name = testbed.testbed_name(a.file)
     st = testbed.load_up(name)
-    if a.blade not in st.blades:
-        raise SpecError(f"{a.blade!r} is not a compute blade of {name}",
-                        hint=f"compute blades: {', '.join(st.blades)} (failing a memory blade is not built yet)")
-    rack.crash(name, a.blade, say=_say)
+    if a.blade in st.blades:
+        rack.crash(name, a.blade, say=_say)
+    else:
+        rack.fail_memory_blade(name, a.blade, say=_say)
     return 0
 
 
@@ -445,7 +445,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("region")
     p.add_argument("--to", required=True, metavar="BLADE")
 
-    p = sub.add_parser("fail", help="crash a compute blade (its QEMU is stopped at once)")
+    p = sub.add_parser("fail", help="crash a compute blade (QEMU stopped), or fail a memory blade (machine checks "
+                                    "on every page of it in use: those processes get SIGBUS)")
     p.add_argument("file")
     p.add_argument("blade")
 

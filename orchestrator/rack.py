@@ -170,6 +170,54 @@ def crash(name: str, blade: str, *, say: Say = _quiet) -> None:
             _fence(st, hv, blade, "crashed", say)
 
 
+# HMP `mce`, broadcast to every vCPU (Linux on an Intel CPU waits for all of
+# them, and panics if one never enters the handler): bank 9, an uncorrected,
+# action-optional memory error (scrub found it) with a valid address; MCG_STATUS
+# RIPV|MCIP. Linux takes the page out and, with vm.memory_failure_early_kill=1,
+# sends SIGBUS to every process mapping it.
+MCE = "mce -b 0 9 0xbd000000000000c0 5 {addr:#x} 0x8c"
+MCE_GAP_S = 0.2
+# Pages these processes share are spared (init always is): they run the blade
+# and its SSH, the orchestrator's way in. A researcher's program is not among them.
+SPARED = "-x systemd -x systemd-journal -x systemd-udevd -x systemd-network -x sshd -x bash -x sh"
+
+
+def fail_memory_blade(name: str, memory_blade: str, *, say: Say = _quiet) -> dict[str, int]:
+    """Fail a memory blade: in each compute blade that uses it, every process
+    with memory on it gets a machine-check error on one of those pages, so it is
+    sent SIGBUS at once (vm.memory_failure_early_kill), and processes on other
+    memory go on. One page per process, because machine checks must come one at
+    a time. Returns the pages poisoned per compute blade."""
+    poisoned: dict[str, int] = {}
+    with state.locked(name):
+        st = testbed.load_up(name)
+        users = {b: [n["node"] for n in rec.nodes if n.get("memory_blade") == memory_blade]
+                 for b, rec in st.blades.items()}
+        users = {b: nodes for b, nodes in users.items() if nodes}
+        if not users:
+            raise SpecError(f"no compute blade of {name!r} uses a memory blade {memory_blade!r}",
+                            hint="name a memory blade of the testbed file")
+        with Hypervisor(st.uri) as hv:
+            for blade, nodes in users.items():
+                start = time.monotonic()
+                script = "sysctl -qw vm.memory_failure_early_kill=1; " + "; ".join(f"ddc-pages -1 {n} {SPARED}"
+                                                                                    for n in nodes)
+                addrs = [int(a, 16) for a in _guest(st, blade, script, 120).split()]
+                for addr in addrs:
+                    hv.hmp(st.blades[blade].domain, MCE.format(addr=addr))
+                    # A machine check while the guest still handles the last one
+                    # shuts the CPU down: one at a time.
+                    time.sleep(MCE_GAP_S)
+                poisoned[blade] = len(addrs)
+                st.events.append({"time": time.time(), "event": "memory blade failed", "memory_blade": memory_blade,
+                                  "blade": blade, "nodes": nodes, "pages": len(addrs),
+                                  "seconds": round(time.monotonic() - start, 3)})
+                st.save()
+                say(f"{blade}: node {', '.join(map(str, nodes))} ({memory_blade}) failed; machine-check errors on "
+                    f"{len(addrs)} page(s), one per process using it, in {time.monotonic() - start:.1f} s")
+    return poisoned
+
+
 def _fence(st: TestbedState, hv: Hypervisor, blade: str, why: str, say: Say) -> None:
     hv.destroy(st.blades[blade].domain)
     for reg in regions(st):

@@ -91,6 +91,12 @@ def qemu_args(d: DomainConfig) -> list[str]:
     # ones, so a key=value NIC would take a PCI slot libvirt has assigned.
     args += ["-netdev", f"user,id=ddcnet0,hostfwd=tcp:127.0.0.1:{d.ssh_port}-:22",
              "-device", _json({"driver": "virtio-net-pci", "netdev": "ddcnet0", "id": "ddcnic0"})]
+    if d.accel == "tcg":
+        # TCG's `max` CPU says AuthenticAMD; with that vendor an injected memory
+        # error panics the guest ("Uncorrected error without MCA Recovery"), with
+        # Intel's Linux recovers and signals the processes that used the page
+        # (`ddc fail` of a memory blade). The last -cpu wins over libvirt's.
+        args += ["-cpu", "max,vendor=GenuineIntel"]
     args += list(d.extra_args)
     return args
 

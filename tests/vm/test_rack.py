@@ -145,3 +145,24 @@ def test_redis_comes_back_on_another_blade_by_stealing_its_file_system(rack: Pat
     print(f"kill -> redis serving {n} keys on cb1: {serving:.1f} s")
     sh(rack, "cb1", "redis-cli -p 6400 shutdown nosave; true")
     ddc("restart", str(rack), "cb0")
+
+
+HOLD = ("setsid -f sh -c 'numactl --membind={n} ddc-ptrchase -s 16M -n 100000000 -r 1000 >/dev/null 2>&1; "
+        "echo $? > /tmp/rc{n}' </dev/null >/dev/null 2>&1")
+
+
+def test_a_failed_memory_blade_signals_only_the_programs_on_it(rack: Path) -> None:
+    sh(rack, "cb0", "rm -f /tmp/rc0 /tmp/rc1; " + HOLD.format(n=0) + "; " + HOLD.format(n=1) + "; sleep 3")
+    assert len(sh(rack, "cb0", "pgrep -x ddc-ptrchase").split()) == 2
+    out = ddc("fail", str(rack), "mb0")
+    assert "machine-check errors" in out.stderr
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not sh(rack, "cb0", "cat /tmp/rc1 2>/dev/null; true").strip():
+        time.sleep(0.5)
+    assert sh(rack, "cb0", "cat /tmp/rc1").strip() == "135", "killed by SIGBUS (128 + 7)"
+    assert len(sh(rack, "cb0", "pgrep -x ddc-ptrchase").split()) == 1, "the program on node 0 goes on"
+    assert not sh(rack, "cb0", "cat /tmp/rc0 2>/dev/null; true").strip()
+    assert "Sending SIGBUS to ddc-ptrchase" in sh(rack, "cb0", "dmesg")
+    assert any(e["event"] == "memory blade failed" and e["blade"] == "cb0" and e["pages"] >= 1
+               for e in regions(rack)["events"])
+    sh(rack, "cb0", "pkill -x ddc-ptrchase; true")
