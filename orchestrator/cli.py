@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import execute, rack, testbed
+from . import execute, monitor, rack, testbed
 from . import image as images
 from .campaign import Run
 from .errors import DdcError, SpecError
@@ -323,6 +323,20 @@ def cmd_steal(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_contacts(a: argparse.Namespace) -> int:
+    monitor.set_contacts(testbed.testbed_name(a.file), a.blade, a.notify)
+    OUT.print(f"{a.blade}: {', '.join(a.notify) or 'nobody'} will be told when it fails (while `ddc monitor` runs)")
+    return 0
+
+
+def cmd_monitor(a: argparse.Namespace) -> int:
+    try:
+        monitor.Monitor(testbed.testbed_name(a.file), a.interval, say=_say).run()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the way to stop it
+        _say("monitor stopped")
+    return 0
+
+
 def cmd_restart(a: argparse.Namespace) -> int:
     testbed.restart_blade(testbed.testbed_name(a.file), a.blade, say=_say)
     return 0
@@ -361,6 +375,8 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "steal": cmd_steal,
     "fail": cmd_fail,
     "restart": cmd_restart,
+    "contacts": cmd_contacts,
+    "monitor": cmd_monitor,
 }
 
 
@@ -449,6 +465,15 @@ def parser() -> argparse.ArgumentParser:
                                     "on every page of it in use: those processes get SIGBUS)")
     p.add_argument("file")
     p.add_argument("blade")
+
+    p = sub.add_parser("contacts", help="the compute blades told at once when a blade fails (by `ddc monitor`)")
+    p.add_argument("file")
+    p.add_argument("blade", help="a compute or memory blade")
+    p.add_argument("--notify", nargs="*", default=[], metavar="BLADE", help="compute blades to tell (none: clear)")
+
+    p = sub.add_parser("monitor", help="watch the blades and notify emergency contacts of failures (until Ctrl-C)")
+    p.add_argument("file")
+    p.add_argument("--interval", type=float, default=0.1, metavar="S", help="heartbeat period (default 0.1 s)")
 
     p = sub.add_parser("restart", help="boot a compute blade again after a crash (disk and pool slices kept)")
     p.add_argument("file")

@@ -219,6 +219,8 @@ def fail_memory_blade(name: str, memory_blade: str, *, say: Say = _quiet) -> dic
 
 
 def _fence(st: TestbedState, hv: Hypervisor, blade: str, why: str, say: Say) -> None:
+    st.events.append({"time": time.time(), "event": f"blade {why}", "blade": blade})
+    st.save()
     hv.destroy(st.blades[blade].domain)
     for reg in regions(st):
         if reg.owner == blade:

@@ -61,6 +61,7 @@ class TestbedState:
     # The Rack MMU (rack.py): memory regions by name, and every ownership change.
     regions: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    contacts: dict[str, list[str]] = field(default_factory=dict)  # blade -> who is told when it fails (monitor.py)
 
     @property
     def directory(self) -> Path:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,7 +115,7 @@ def test_steal_after_a_crash_and_from_a_live_owner(rack: Path) -> None:
     status = json.loads(ddc("status", str(rack), "--json").stdout)[0]
     assert {b["name"]: b["state"] for b in status["blades"]}["cb1"] != "running", "cb1 was fenced"
     assert sh(rack, "cb0", "ddc-region get s1 | md5sum").split()[0] == digest
-    events = [e["event"] for e in regions(rack)["events"] if e["region"] == "s1"]
+    events = [e["event"] for e in regions(rack)["events"] if e.get("region") == "s1"]
     assert "owner crashed" in events and "owner fenced" in events
     ddc("restart", str(rack), "cb1")
 
@@ -166,3 +168,37 @@ def test_a_failed_memory_blade_signals_only_the_programs_on_it(rack: Path) -> No
     assert any(e["event"] == "memory blade failed" and e["blade"] == "cb0" and e["pages"] >= 1
                for e in regions(rack)["events"])
     sh(rack, "cb0", "pkill -x ddc-ptrchase; true")
+
+
+def test_the_monitor_tells_emergency_contacts_within_a_second(rack: Path) -> None:
+    ddc("contacts", str(rack), "cb0", "--notify", "cb1")
+    sh(rack, "cb1", "rm -rf /run/ddc/events; mkdir -p /etc/ddc; "
+                    "printf '#!/bin/sh\\necho \"$1 $2\" > /tmp/hook-ran\\n' > /etc/ddc/on-failure; "
+                    "chmod +x /etc/ddc/on-failure; rm -f /tmp/hook-ran")
+    mon = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "monitor", str(rack)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert mon.stdout is not None
+        first = mon.stdout.readline()
+        assert "watching" in first and "cb0 -> cb1" in first, first
+        st = state.load(NAME)
+        assert st is not None
+        with Hypervisor(st.uri) as hv:
+            pid = hv.qemu_pid(st.blades["cb0"].domain)
+        assert pid is not None
+        killed = time.time()
+        os.kill(pid, signal.SIGKILL)
+        line = mon.stdout.readline()
+        print(line.strip())
+        assert "cb0: compute blade stopped" in line and "told cb1" in line, line
+    finally:
+        mon.send_signal(signal.SIGTERM)
+        mon.wait(timeout=30)
+    event = json.loads(sh(rack, "cb1", "cat /run/ddc/events/cb0").splitlines()[-1])
+    assert event["blade"] == "cb0"
+    detected = event["detected"] - killed
+    notified = [e for e in regions(rack)["events"] if e["event"] == "failure notified"][-1]["time"] - killed
+    print(f"cb0 killed -> detected {detected * 1000:.0f} ms, cb1 notified {notified * 1000:.0f} ms")
+    assert 0 < detected < notified < 1.0, "under a second from failure to notification"
+    assert sh(rack, "cb1", "cat /tmp/hook-ran").strip() == "cb0 compute blade stopped", "the hook ran"
+    ddc("restart", str(rack), "cb0")
