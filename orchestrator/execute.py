@@ -50,7 +50,9 @@ from .workload import parse_metrics, render
 
 LOG = logging.getLogger(__name__)
 
-GUEST_DIR = "/tmp/ddc-run"
+# Not /tmp: systemd-tmpfiles empties it at boot, which under TCG may finish after
+# sshd answers, that is, after a campaign has started on a blade it just brought up.
+GUEST_DIR = "/var/tmp/ddc-run"
 CGROUP = "/sys/fs/cgroup/ddc-run"
 # The shell of a step joins the run's cgroup; every child inherits it.
 JOIN = f"echo $BASHPID > {CGROUP}/cgroup.procs"

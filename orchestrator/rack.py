@@ -126,24 +126,17 @@ def detach(name: str, region: str, *, say: Say = _quiet) -> tuple[Region, dict[s
 
 def grant(name: str, region: str, to: str, *, say: Say = _quiet) -> tuple[Region, dict[str, float]]:
     """The owner's guest releases the region, then it is plugged into ``to``: zero-copy."""
-    timings: dict[str, float] = {}
-    with state.locked(name):
-        st = testbed.load_up(name)
-        testbed.endpoint(st, to)
-        reg = _region(st, region)
-        if reg.owner == to:
-            raise StateError(f"region {region!r} already belongs to {to}")
-        with Hypervisor(st.uri) as hv:
-            if reg.owner is not None:
-                _unplug(st, hv, reg, timings, say)
-            _plug(st, hv, reg, to, timings, say)
-    return reg, timings
+    return _move(name, region, to, say, fence=False)
 
 
 def steal(name: str, region: str, to: str, *, say: Say = _quiet) -> tuple[Region, dict[str, float]]:
     """Give a region to ``to`` without asking its owner: the owner is fenced first
     (its QEMU is stopped, so it cannot write to the region any more), then the
     region is plugged into ``to``. The bytes are those the owner last wrote."""
+    return _move(name, region, to, say, fence=True)
+
+
+def _move(name: str, region: str, to: str, say: Say, *, fence: bool) -> tuple[Region, dict[str, float]]:
     timings: dict[str, float] = {}
     with state.locked(name):
         st = testbed.load_up(name)
@@ -152,10 +145,12 @@ def steal(name: str, region: str, to: str, *, say: Say = _quiet) -> tuple[Region
         if reg.owner == to:
             raise StateError(f"region {region!r} already belongs to {to}")
         with Hypervisor(st.uri) as hv:
-            if reg.owner is not None:
+            if reg.owner is not None and fence:
                 with _phase(timings, "fence"):
                     _fence(st, hv, reg.owner, "fenced", say)
-                reg = _region(st, region)
+                reg = _region(st, region)  # _fence released it
+            elif reg.owner is not None:
+                _unplug(st, hv, reg, timings, say)
             _plug(st, hv, reg, to, timings, say)
     return reg, timings
 

@@ -176,6 +176,7 @@ def test_timeout_and_dead_blade(rack: Path, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     status = {yaml.safe_load(p)["seconds"]: (s, e) for p, s, e in rows(out, "SELECT params, status, error FROM runs")}
+    assert sorted(status) == [1, 2, 25, 40], output
     assert status[1][0] == "ok", output
     assert status[40][0] == "timeout", status
     assert status[25][0] == "failed" and "died" in status[25][1], status
