@@ -204,11 +204,24 @@ def load_campaign(file: str | Path) -> CampaignPlan:
                         workloads=workloads, runs=runs, warmups=warmups)
 
 
+def testbed_links(rack: Rack, blade: str) -> dict[str, dict[str, Any]]:
+    """memory blade -> {latency_ns, bandwidth_gbps (if set)} as the testbed file gives
+    them for ``blade``: what a run has unless its matrix says otherwise."""
+    cb = next(b for b in rack.compute_blades if b.name == blade)
+    out: dict[str, dict[str, Any]] = {}
+    for node in cb.nodes:
+        if node.memory_blade:
+            out[node.memory_blade] = {"latency_ns": node.latency_ns}
+            if node.bandwidth_gbps is not None:
+                out[node.memory_blade]["bandwidth_gbps"] = node.bandwidth_gbps
+    return out
+
+
 def _check_matrix(where: str, prefix: str, matrix: Matrix, rack: Rack, blade: str,
                   workloads: list[WorkloadSpec]) -> None:
     cb = next(b for b in rack.compute_blades if b.name == blade)
     node_ids = [n.id for n in cb.nodes]
-    used_blades = sorted({n.memory_blade for n in cb.nodes if n.memory_blade})
+    used_blades = sorted(testbed_links(rack, blade))
     for key, values in matrix.items():
         at = f"{where}: {prefix}.{key}"
         mb, dot, what = key.partition(".")
@@ -263,13 +276,9 @@ def _expand(spec: CampaignSpec, rack: Rack, blade: str,
     spreads over every combination instead of biasing the last ones. Each run's
     parameters are complete: the testbed's link values and the workload's
     defaults where the matrix does not set them."""
-    cb = next(b for b in rack.compute_blades if b.name == blade)
     base: dict[str, Any] = {"placement": "default"}
-    for node in cb.nodes:
-        if node.memory_blade:
-            base[f"{node.memory_blade}.latency_ns"] = node.latency_ns
-            if node.bandwidth_gbps is not None:
-                base[f"{node.memory_blade}.bandwidth_gbps"] = node.bandwidth_gbps
+    for mb, link in testbed_links(rack, blade).items():
+        base.update({f"{mb}.{key}": value for key, value in link.items()})
     runs: list[Run] = []
     warmups: list[Run] = []
     for rep in range(spec.repetitions):

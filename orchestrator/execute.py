@@ -1,15 +1,15 @@
 """``ddc run``: execute a campaign's runs on a testbed, and store each one.
 
-For each run, on the campaign's compute blade, over one reused SSH connection:
+For each run, on the campaign's compute blade, three steps, each one script
+for the long-lived guest shell the session keeps (``guest.Shell``):
 
-1. *prepare* (one SSH command): the run's kernel knobs, the workload's setup
-   steps, a snapshot of the guest's counters. Link latency and bandwidth are set
-   through the plugin's control socket, so no blade reboots between runs.
-2. *command* (one SSH command): the plugin's counters are zeroed just before;
-   the workload runs under ``timeout`` with a 1-second counter sampler beside
-   it, and its own wall time is measured in the guest. A host thread samples the
-   plugin meanwhile.
-3. *finish* (one SSH command): a second snapshot, the sampler's output, the
+1. *prepare*: the run's kernel knobs, the workload's setup steps, a snapshot of
+   the guest's counters. Link latency and bandwidth are set through the plugin's
+   control socket, so no blade reboots between runs.
+2. *command*: the plugin's counters are zeroed just before; the workload runs
+   under ``timeout`` with a 1-second counter sampler beside it, and its own wall
+   time is measured in the guest. A host thread samples the plugin meanwhile.
+3. *finish*: a second snapshot, the sampler's output, the command's output, the
    teardown steps; then everything the run started is killed.
 
 Every process a run starts lives in one cgroup in the guest
@@ -40,13 +40,13 @@ import paramiko
 from fabric import Connection
 
 from . import collect, guest, plugin, state, testbed
-from .campaign import CampaignPlan, Run, load_campaign, numactl
+from .campaign import CampaignPlan, Run, load_campaign, numactl, testbed_links
 from .errors import DdcError, GuestError, HypervisorError, SpecError
 from .hierarchy import figures
 from .hypervisor import Hypervisor
 from .state import Phase, TestbedState
 from .store import RunRecord, Store
-from .workload import parse_metrics, render
+from .workload import Steps, parse_metrics, render
 
 LOG = logging.getLogger(__name__)
 
@@ -211,11 +211,12 @@ class Session:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        for closing in (self.shell, self.conn):
-            if closing is not None:
-                with contextlib.suppress(Exception):
-                    closing.close()
+        self._disconnect()
         self._stack.close()
+
+    @property
+    def has_plugin(self) -> bool:
+        return self.st is not None and self.st.plugin
 
     @property
     def domain(self) -> str:
@@ -245,12 +246,13 @@ class Session:
     def _check_plugin(self) -> None:
         """Without the plugin (KVM, mode off), links keep the testbed file's values."""
         assert self.st is not None
-        if self.st.plugin:
+        if self.has_plugin:
             return
+        fixed = testbed_links(self.plan.testbed.rack, self.blade)
         for run in self.plan.runs:
             for mb, link in run.links().items():
                 for key, value in link.items():
-                    if value != _testbed_link(self.plan, mb, key):
+                    if value != fixed.get(mb, {}).get(key):
                         raise SpecError(
                             f"{self.plan.file}: matrix: {mb}.{key} is swept, but testbed "
                             f"{self.st.name} runs without the latency plugin (accel {self.st.accel})",
@@ -267,11 +269,15 @@ class Session:
         if code != 0:
             raise GuestError(f"{self.blade}: cannot prepare {GUEST_DIR} and {CGROUP}: {out.strip()}")
 
-    def _reconnect(self) -> None:
+    def _disconnect(self) -> None:
         for closing in (self.shell, self.conn):
             if closing is not None:
                 with contextlib.suppress(Exception):
                     closing.close()
+        self.shell = self.conn = None
+
+    def _reconnect(self) -> None:
+        self._disconnect()
         self._connect()
 
     # -- plugin -------------------------------------------------------------------------------------
@@ -281,7 +287,7 @@ class Session:
         return plugin.Control(self.st.plugin_socket(self.blade))
 
     def _set_links(self, run: Run) -> None:
-        if not (self.st and self.st.plugin):
+        if not self.has_plugin:
             return
         with self._ctl() as ctl:
             for mb, link in run.links().items():
@@ -289,15 +295,11 @@ class Session:
 
     def restore_links(self) -> None:
         """Put the links back as the testbed file has them."""
-        if not (self.st and self.st.plugin):
+        if not self.has_plugin:
             return
         with contextlib.suppress(DdcError), self._ctl() as ctl:
-            for node in self.st.blades[self.blade].nodes:
-                if node.get("memory_blade"):
-                    link = {"latency_ns": node["latency_ns"]}
-                    if node.get("bandwidth_gbps") is not None:
-                        link["bandwidth_gbps"] = node["bandwidth_gbps"]
-                    ctl.request("set_link", blade=node["memory_blade"], **link)
+            for mb, link in testbed_links(self.plan.testbed.rack, self.blade).items():
+                ctl.request("set_link", blade=mb, **link)
 
     # -- one run ------------------------------------------------------------------------------------
 
@@ -325,7 +327,7 @@ class Session:
                 rec.error = f"metrics not found in the output: {', '.join(missing)}"
         return rec
 
-    def _execute(self, run: Run, rec: RunRecord, steps: Any, rdir: str, timeout: float) -> None:
+    def _execute(self, run: Run, rec: RunRecord, steps: Steps, rdir: str, timeout: float) -> None:
         self._set_links(run)
         knobs = "".join(_knob(k, v) for k, v in run.knobs().items())
         code, out = self._step(f"set -e; {JOIN}; mkdir {rdir}; cd {rdir}\n{knobs}a=$EPOCHREALTIME\n{steps.setup}\n"
@@ -339,10 +341,10 @@ class Session:
         before = collect.parse_snapshot(out.split(f"{MARK} setup ", 1)[-1])
 
         dom_before = self._domstats()
-        if self.st and self.st.plugin:
+        if self.has_plugin:
             with self._ctl() as ctl:
                 ctl.request("reset")
-        sampler = PluginSampler(self, self.plan.spec.sample_interval) if self.st and self.st.plugin else None
+        sampler = PluginSampler(self, self.plan.spec.sample_interval) if self.has_plugin else None
         t0 = time.time()
         if sampler:
             sampler.start(t0)
@@ -369,7 +371,7 @@ class Session:
             rec.error = f"exited with {code}"
         else:
             rec.status = "ok"
-        if self.st and self.st.plugin:
+        if self.has_plugin:
             self._hierarchy(rec)
         rec.counters += [("domstats", None, k, dom_before.get(k), v) for k, v in self._domstats().items()]
         self._finish(rec, rdir, steps.teardown, before, guest_t0 or t0)
@@ -429,12 +431,6 @@ class Session:
             self.obs.say(f"run {rec.run_id}: blade {self.blade} is {dom_state}; restarting it")
             testbed.restart_blade(self.st.name, self.blade, say=self.obs.say)
         self._reconnect()
-
-
-def _testbed_link(plan: CampaignPlan, mb: str, key: str) -> Any:
-    cb = next(b for b in plan.testbed.rack.compute_blades if b.name == plan.blade)
-    node = next((n for n in cb.nodes if n.memory_blade == mb), None)
-    return None if node is None else getattr(node, key)
 
 
 def _knob(name: str, value: Any) -> str:

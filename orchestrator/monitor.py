@@ -44,7 +44,7 @@ def set_contacts(name: str, blade: str, contacts: list[str]) -> None:
     """Who is told when ``blade`` (a compute or a memory blade) fails."""
     with state.locked(name):
         st = testbed.load_up(name)
-        memory = {n["memory_blade"] for rec in st.blades.values() for n in rec.nodes if n.get("memory_blade")}
+        memory = st.memory_blade_nodes()
         if blade not in st.blades and blade not in memory:
             raise SpecError(f"{blade!r} is not a blade of {name}",
                             hint=f"blades: {', '.join([*st.blades, *sorted(memory)])}")
@@ -53,8 +53,7 @@ def set_contacts(name: str, blade: str, contacts: list[str]) -> None:
                 raise SpecError(f"--notify: {c!r} is not another compute blade of {name}",
                                 hint=f"compute blades: {', '.join(st.blades)}")
         st.contacts[blade] = list(contacts)
-        st.events.append({"time": time.time(), "event": "contacts", "blade": blade, "contacts": list(contacts)})
-        st.save()
+        st.log("contacts", blade=blade, contacts=list(contacts))
 
 
 class Monitor:
@@ -105,10 +104,8 @@ class Monitor:
                         if mb not in self.failed:
                             self.failed.add(mb)
                             self._failure(st, mb, "memory blade failed", now, e["time"])
-        for conn, shell in self.shells.values():
-            with contextlib.suppress(Exception):
-                shell.close()
-                conn.close()
+        for blade in list(self.shells):
+            self._drop(blade)
 
     def _failure(self, st: TestbedState, blade: str, kind: str, detected: float, happened: float | None) -> None:
         told = []
@@ -124,19 +121,23 @@ class Monitor:
                 self._shell(st, contact).run(script, timeout=5)
                 told.append(contact)
             except (DdcError, TimeoutError, OSError) as exc:
-                self.shells.pop(contact, None)
+                self._drop(contact)
                 self.say(f"could not tell {contact} that {blade} failed: {exc}")
         notified = time.time()
         detect_ms = None if happened is None else (detected - happened) * 1000
         notify_ms = None if happened is None else (notified - happened) * 1000
-        fresh = state.load(self.name) or st
-        fresh.events.append({"time": notified, "event": "failure notified", "blade": blade, "kind": kind,
-                             "contacts": told, "detect_ms": detect_ms, "notify_ms": notify_ms})
-        fresh.save()
+        (state.load(self.name) or st).log("failure notified", time=notified, blade=blade, kind=kind,
+                                          contacts=told, detect_ms=detect_ms, notify_ms=notify_ms)
         since = "" if happened is None else f" {detect_ms:.0f} ms after it happened"
         self.say(f"{blade}: {kind}; detected{since}; told {', '.join(told) or 'nobody'}"
                  + ("" if notify_ms is None else f" {notify_ms:.0f} ms after it happened")
                  + f" (telling took {(time.monotonic() - t0) * 1000:.0f} ms)")
+
+    def _drop(self, blade: str) -> None:
+        pair = self.shells.pop(blade, None)
+        for closing in pair or ():
+            with contextlib.suppress(Exception):
+                closing.close()
 
     def _shell(self, st: TestbedState, blade: str) -> guest.Shell:
         if blade not in self.shells:

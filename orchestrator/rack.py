@@ -79,9 +79,7 @@ def regions(st: TestbedState) -> list[Region]:
 
 def _save(st: TestbedState, reg: Region, event: str, **details: Any) -> None:
     st.regions[reg.name] = reg.__dict__.copy()
-    st.events.append({"time": time.time(), "event": event, "region": reg.name, "owner": reg.owner,
-                      "state": reg.state, **details})
-    st.save()
+    st.log(event, region=reg.name, owner=reg.owner, state=reg.state, **details)
 
 
 @contextlib.contextmanager
@@ -186,9 +184,7 @@ def fail_memory_blade(name: str, memory_blade: str, *, say: Say = _quiet) -> dic
     poisoned: dict[str, int] = {}
     with state.locked(name):
         st = testbed.load_up(name)
-        users = {b: [n["node"] for n in rec.nodes if n.get("memory_blade") == memory_blade]
-                 for b, rec in st.blades.items()}
-        users = {b: nodes for b, nodes in users.items() if nodes}
+        users = st.memory_blade_nodes().get(memory_blade, {})
         if not users:
             raise SpecError(f"no compute blade of {name!r} uses a memory blade {memory_blade!r}",
                             hint="name a memory blade of the testbed file")
@@ -204,18 +200,15 @@ def fail_memory_blade(name: str, memory_blade: str, *, say: Say = _quiet) -> dic
                     # shuts the CPU down: one at a time.
                     time.sleep(MCE_GAP_S)
                 poisoned[blade] = len(addrs)
-                st.events.append({"time": time.time(), "event": "memory blade failed", "memory_blade": memory_blade,
-                                  "blade": blade, "nodes": nodes, "pages": len(addrs),
-                                  "seconds": round(time.monotonic() - start, 3)})
-                st.save()
+                st.log("memory blade failed", memory_blade=memory_blade, blade=blade, nodes=nodes,
+                       pages=len(addrs), seconds=round(time.monotonic() - start, 3))
                 say(f"{blade}: node {', '.join(map(str, nodes))} ({memory_blade}) failed; machine-check errors on "
                     f"{len(addrs)} page(s), one per process using it, in {time.monotonic() - start:.1f} s")
     return poisoned
 
 
 def _fence(st: TestbedState, hv: Hypervisor, blade: str, why: str, say: Say) -> None:
-    st.events.append({"time": time.time(), "event": f"blade {why}", "blade": blade})
-    st.save()
+    st.log(f"blade {why}", blade=blade)
     hv.destroy(st.blades[blade].domain)
     for reg in regions(st):
         if reg.owner == blade:

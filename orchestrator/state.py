@@ -99,6 +99,21 @@ class TestbedState:
             os.fsync(f.fileno())
         os.replace(tmp, target)
 
+    def log(self, event: str, **details: Any) -> None:
+        """Append a timestamped event (Rack MMU, monitor) and save, durably. A
+        ``time`` in ``details`` replaces now."""
+        self.events.append({"time": time.time(), "event": event, **details})
+        self.save()
+
+    def memory_blade_nodes(self) -> dict[str, dict[str, list[int]]]:
+        """memory blade -> compute blade -> the NUMA nodes it backs there."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for blade, rec in self.blades.items():
+            for n in rec.nodes:
+                if n.get("memory_blade"):
+                    out.setdefault(n["memory_blade"], {}).setdefault(blade, []).append(n["node"])
+        return out
+
     def record(self, kind: str, **what: Any) -> None:
         """Journal a resource, durably, before the caller creates it."""
         entry = {"kind": kind, **{k: str(v) for k, v in what.items()}}

@@ -550,9 +550,10 @@ def set_link(name: str, memory_blade: str, latency_ns: int | None = None,
         fields["latency_ns"] = latency_ns
     if bandwidth_gbps is not None:
         fields["bandwidth_gbps"] = bandwidth_gbps
+    users = st.memory_blade_nodes().get(memory_blade, {})
     changed = []
     for b in _plugin_blades(st, None):
-        if any(n.get("memory_blade") == memory_blade for n in st.blades[b].nodes):
+        if b in users:
             with plugin.Control(st.plugin_socket(b)) as ctl:
                 ctl.request("set_link", **fields)
             changed.append(b)
