@@ -1,7 +1,7 @@
 /*
  * ddc-ptrchase: nanoseconds per dependent load over a buffer.
  *
- *   ddc-ptrchase [-s SIZE] [-n LOADS] [-r ROUNDS] [-l LINE] [-p random|seq]
+ *   ddc-ptrchase [-s SIZE] [-n LOADS] [-r ROUNDS] [-l LINE] [-p random|seq] [-N A,B]
  *
  * The buffer (SIZE bytes, default 256M) is cut into LINE-byte cells (default
  * 64) linked in one random cycle (Sattolo's algorithm), so every load depends
@@ -14,6 +14,12 @@
  *   round=1 loads=2000000 ns_per_load=412.3
  *
  * and a final `ns_per_load_median=...` over the rounds.
+ *
+ * With -N A,B the probe compares two NUMA nodes in one process: it binds one
+ * buffer to node A and an identical one (same cycle) to node B, and chases
+ * them in alternating rounds (A B, B A, A B, ...), so both see the same host
+ * noise within milliseconds.  Each round prints `node=` too, and the summary
+ * adds `diff_ns_median=`: the median over rounds of B minus A.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -64,12 +71,60 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/*
+ * A buffer of `cells` cells linked in one cycle.  2 MiB-aligned and backed by
+ * transparent huge pages where the kernel allows: physically contiguous, so a
+ * physically indexed cache (like the plugin's) sees the same set conflicts as
+ * a virtually indexed one, and TLB misses do not blur the timing.  node >= 0
+ * binds it there (mbind, before the first touch); -1 leaves it to the policy
+ * of the caller (numactl).
+ */
+static char *make_cycle(uint64_t cells, uint64_t line, const uint32_t *order, int node)
+{
+    const uint64_t huge = 2ull << 20;
+    uint64_t bytes = (cells * line + huge - 1) / huge * huge;
+    char *raw = mmap(NULL, bytes + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
+        return NULL;
+    char *buf = (char *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+    madvise(buf, bytes, MADV_HUGEPAGE);
+    if (node >= 0) {
+        unsigned long mask[4] = { 0 };
+        if (node >= 256)
+            return NULL;
+        mask[node / 64] = 1ul << (node % 64);
+        if (syscall(SYS_mbind, buf, bytes, 2 /* MPOL_BIND */, mask, 257, 0) != 0)
+            return NULL;
+    }
+    for (uint64_t i = 0; i < cells; i++)
+        *(void **)(buf + (uint64_t)i * line) = buf + (uint64_t)order[i] * line;
+    return buf;
+}
+
+/* Chase `loads` pointers from *p; return ns per load. */
+static double chase(void ***p, uint64_t loads)
+{
+    void **q = *p;
+    double t0 = now_ns();
+    for (uint64_t i = 0; i < loads; i++)
+        q = *q;
+    double t1 = now_ns();
+    *p = q;
+    return (t1 - t0) / loads;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, n, sizeof(*v), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 int main(int argc, char **argv)
 {
     uint64_t size = 256ull << 20, loads = 2000000, line = 64;
-    int rounds = 5, opt, sequential = 0;
+    int rounds = 5, opt, sequential = 0, nodes[2] = { -1, -1 }, pair = 0;
 
-    while ((opt = getopt(argc, argv, "s:n:r:l:p:")) != -1) {
+    while ((opt = getopt(argc, argv, "s:n:r:l:p:N:")) != -1) {
         switch (opt) {
         case 's': size = parse_size(optarg); break;
         case 'n': loads = strtoull(optarg, NULL, 10); break;
@@ -82,8 +137,17 @@ int main(int argc, char **argv)
             }
             sequential = !strcmp(optarg, "seq");
             break;
+        case 'N':
+            if (sscanf(optarg, "%d,%d", &nodes[0], &nodes[1]) != 2 || nodes[0] < 0 || nodes[1] < 0 ||
+                nodes[0] > 255 || nodes[1] > 255) {
+                fprintf(stderr, "ddc-ptrchase: -N wants two node numbers, e.g. -N 0,1\n");
+                return 2;
+            }
+            pair = 1;
+            break;
         default:
-            fprintf(stderr, "usage: %s [-s SIZE] [-n LOADS] [-r ROUNDS] [-l LINE] [-p random|seq]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-s SIZE] [-n LOADS] [-r ROUNDS] [-l LINE] [-p random|seq] [-N A,B]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -93,20 +157,9 @@ int main(int argc, char **argv)
         return 2;
     }
     uint64_t cells = size / line;
-    /* 2 MiB-aligned and backed by transparent huge pages where the kernel
-     * allows: physically contiguous, so a physically indexed cache (like the
-     * plugin's) sees the same set conflicts as a virtually indexed one, and
-     * TLB misses do not blur the timing. */
-    const uint64_t huge = 2ull << 20;
-    uint64_t bytes = (cells * line + huge - 1) / huge * huge;
-    char *raw = mmap(NULL, bytes + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    char *buf = raw == MAP_FAILED ? raw : (char *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
-    if (buf != MAP_FAILED)
-        madvise(buf, bytes, MADV_HUGEPAGE);
     uint32_t *order = malloc(cells * sizeof(*order));
-    if (buf == MAP_FAILED || !order) {
-        fprintf(stderr, "ddc-ptrchase: cannot allocate %llu bytes: %s\n", (unsigned long long)size,
-                strerror(errno));
+    if (!order) {
+        fprintf(stderr, "ddc-ptrchase: out of memory\n");
         return 1;
     }
     /* Sattolo (applied to the identity): a uniformly random single cycle
@@ -119,27 +172,44 @@ int main(int argc, char **argv)
         order[i] = order[j];
         order[j] = t;
     }
-    for (uint64_t i = 0; i < cells; i++)
-        *(void **)(buf + (uint64_t)i * line) = buf + (uint64_t)order[i] * line;
+    void **p[2] = { NULL, NULL };
+    for (int b = 0; b <= pair; b++) {
+        p[b] = (void **)make_cycle(cells, line, order, nodes[b]);
+        if (!p[b]) {
+            fprintf(stderr, "ddc-ptrchase: cannot allocate %llu bytes%s%.0d: %s\n", (unsigned long long)size,
+                    pair ? " on node " : "", pair ? nodes[b] : 0, strerror(errno));
+            return 1;
+        }
+    }
     free(order);
 
-    double *ns = calloc(rounds, sizeof(*ns));
-    void **p = (void **)buf;
-    /* One untimed lap over part of the cycle warms the TLB and page tables. */
-    for (uint64_t i = 0; i < loads / 4; i++)
-        p = *p;
+    double *ns = calloc(2 * rounds, sizeof(*ns)), *diff = ns + rounds;
+    /* One untimed lap over part of each cycle warms the TLB and page tables. */
+    for (int b = 0; b <= pair; b++)
+        chase(&p[b], loads / 4);
     for (int r = 0; r < rounds; r++) {
-        double t0 = now_ns();
-        for (uint64_t i = 0; i < loads; i++)
-            p = *p;
-        double t1 = now_ns();
-        ns[r] = (t1 - t0) / loads;
-        printf("round=%d loads=%llu ns_per_load=%.1f\n", r + 1, (unsigned long long)loads, ns[r]);
+        if (!pair) {
+            ns[r] = chase(&p[0], loads);
+            printf("round=%d loads=%llu ns_per_load=%.1f\n", r + 1, (unsigned long long)loads, ns[r]);
+        } else {
+            /* A B, then B A: a steady drift of the host cancels in pairs. */
+            double t[2];
+            for (int k = 0; k < 2; k++) {
+                int b = (r % 2) ? 1 - k : k;
+                t[b] = chase(&p[b], loads);
+            }
+            for (int b = 0; b < 2; b++)
+                printf("round=%d node=%d loads=%llu ns_per_load=%.1f\n", r + 1, nodes[b],
+                       (unsigned long long)loads, t[b]);
+            ns[r] = t[0];
+            diff[r] = t[1] - t[0];
+        }
         fflush(stdout);
     }
-    qsort(ns, rounds, sizeof(*ns), cmp_double);
-    double median = rounds % 2 ? ns[rounds / 2] : (ns[rounds / 2 - 1] + ns[rounds / 2]) / 2;
-    printf("size=%llu line=%llu ns_per_load_median=%.1f end=%p\n", (unsigned long long)size,
-           (unsigned long long)line, median, (void *)p);
+    printf("size=%llu line=%llu ns_per_load_median=%.1f", (unsigned long long)size, (unsigned long long)line,
+           median(ns, rounds));
+    if (pair)
+        printf(" diff_ns_median=%.1f", median(diff, rounds));
+    printf(" end=%p\n", (void *)(pair ? p[1] : p[0]));
     return 0;
 }
