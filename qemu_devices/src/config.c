@@ -244,6 +244,13 @@ int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbp
         uint64_t tx = *bw_gbps > 0 ? (uint64_t)(llc_line_bytes() * 1000.0 / *bw_gbps + 0.5) : 0;
         b->bandwidth_gbps = *bw_gbps;
         STORE(&b->tx_ps, tx);
+        /* Slot numbers depend on tx: forget the old schedule.  A vCPU
+         * booking concurrently may leave one stale word, which reads as a
+         * free slot or, at worst, one slot of the ring misjudged once. */
+        for (unsigned k = 0; k < LINK_SLOTS; k++) {
+            STORE(&b->slots[k], 0);
+        }
+        STORE(&b->first_open, 0);
     }
     return i;
 }

@@ -102,10 +102,65 @@ static void stall(struct vcpu *v)
     BUMP(&v->c[C_STALLS], 1);
 }
 
+/*
+ * Book one line on a link at time now_ps (on the vCPU's clock, see charge);
+ * return how long it waits, in ps.  The line goes in the first slot with
+ * room from the burst window before now on: no wait if that slot starts at
+ * or before now, else the time from now to its start.  Lock-free: one CAS on the slot's word.
+ */
+static uint64_t link_book(struct blade *b, uint64_t tx, uint64_t now_ps, uint64_t real_ps)
+{
+    uint64_t cap = (LINK_SLOT_PS + tx - 1) / tx, slot_ps = cap * tx;
+    uint64_t burst = LINK_BURST_PS / slot_ps < LINK_SLOTS / 4 ? LINK_BURST_PS / slot_ps : LINK_SLOTS / 4;
+    /* A vCPU whose clock lags real time (a stall overslept, on a busy host
+     * by milliseconds) still cannot use the link's real past beyond the
+     * burst: it waits from its clock to a slot near real time, which spends
+     * the time it already slept instead of inventing capacity. */
+    uint64_t k = (now_ps > real_ps ? now_ps : real_ps) / slot_ps, open = LOAD(&b->first_open);
+
+    k = k > burst ? k - burst : 0;
+
+    if (open > k && open - k < LINK_SLOTS / 2) {
+        k = open;   /* skip slots already known full */
+    }
+    for (unsigned tries = 0; tries < LINK_SLOTS / 2; tries++, k++) {
+        uint64_t *w = &b->slots[k & (LINK_SLOTS - 1)];
+        uint64_t old = __atomic_load_n(w, __ATOMIC_RELAXED), want;
+        for (;;) {
+            uint32_t tag = (uint32_t)(old >> 32), used = (uint32_t)old;
+            int32_t age = (int32_t)((uint32_t)k - tag);
+            if (age < 0) {
+                /* The ring already holds a later slot here: now lies more
+                 * than a ring behind the link's bookings, so nothing is
+                 * known about its time; let the line through. */
+                return 0;
+            }
+            if (age > 0) {
+                used = 0;   /* an old slot: free */
+            }
+            if (used >= cap) {
+                break;
+            }
+            want = ((uint64_t)(uint32_t)k << 32) | (used + 1);
+            if (__atomic_compare_exchange_n(w, &old, want, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+                if (k > open) {
+                    /* every slot from where the search began to k was full:
+                     * the next search may start here (one try; a stale
+                     * front costs a longer search, never a wrong answer) */
+                    __atomic_compare_exchange_n(&b->first_open, &open, k, false, __ATOMIC_RELAXED,
+                                                __ATOMIC_RELAXED);
+                }
+                return k * slot_ps > now_ps ? k * slot_ps - now_ps : 0;
+            }
+        }
+    }
+    return (uint64_t)(LINK_SLOTS / 2) * slot_ps;  /* the whole horizon is booked */
+}
+
 /* A line that missed every level reached memory: charge it. */
 static void charge(struct vcpu *v, const struct range *r, uint32_t node)
 {
-    const struct blade *b;
+    struct blade *b;
     uint64_t lat, local, tx, d, wait_ns = 0;
     int mode;
 
@@ -121,24 +176,14 @@ static void charge(struct vcpu *v, const struct range *r, uint32_t node)
     tx = LOAD(&b->tx_ps);
     if (tx) {
         /*
-         * The link is a single server: a line occupies it for tx ps.  The
-         * vCPU's clock is real time plus what it owes (inject) or has been
-         * charged so far (account), i.e. when this request would really issue.
+         * The vCPU's clock is real time plus what it owes (inject; negative
+         * after a stall overslept) or has been charged so far (account):
+         * when this request would really issue had every stall been paid
+         * exactly.
          */
-        uint64_t *nf = (uint64_t *)&b->next_free_ps;
-        uint64_t now = (mono_ns() - g.t0_ns) * 1000, old, start;
-        if (mode == MODE_INJECT) {
-            int64_t owed = LOAD(&v->owed_ns);
-            now += owed > 0 ? (uint64_t)owed * 1000 : 0;
-        } else {
-            now += v->skew_ns * 1000;
-        }
-        old = __atomic_load_n(nf, __ATOMIC_RELAXED);
-        do {
-            start = old > now ? old : now;
-        } while (!__atomic_compare_exchange_n(nf, &old, start + tx, true, __ATOMIC_RELAXED,
-                                              __ATOMIC_RELAXED));
-        wait_ns = (start - now) / 1000;
+        int64_t real = (int64_t)(mono_ns() - g.t0_ns), now = real;
+        now += mode == MODE_INJECT ? LOAD(&v->owed_ns) : (int64_t)v->skew_ns;
+        wait_ns = link_book(b, tx, now > 0 ? (uint64_t)now * 1000 : 0, (uint64_t)real * 1000) / 1000;
     }
     d += wait_ns;
     BUMP(&v->c[C_BLADE_ACC0 + r->blade], 1);

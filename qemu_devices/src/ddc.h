@@ -90,12 +90,32 @@ struct map {
 
 /* ---- memory blades (links) ---------------------------------------------- */
 
+/*
+ * A link's schedule: time cut into slots that each carry `cap` lines (a slot
+ * lasts cap x tx, at least LINK_SLOT_PS), in a ring of LINK_SLOTS.  A word
+ * per slot holds the slot's number (high 32 bits) and the lines booked in it
+ * (low 32 bits); a word with an older number is a free slot.  Booking by
+ * slot rather than a single "next free" time lets vCPUs whose clocks are
+ * apart by up to a stall batch share the link fairly: a vCPU behind the
+ * others fills the slots they left free instead of queueing behind their
+ * future.  Slots up to LINK_BURST_PS in a vCPU's past that nobody used
+ * can still be booked (with no wait): the link is a token bucket 1 ms deep,
+ * so the time a vCPU spends away from its stream (a guest timer tick, which
+ * costs far more under emulation than on hardware, or the host preempting
+ * the vCPU thread) does not cost the stream its share of the link.  Over any
+ * window T the link carries at most bandwidth x (T + 1 ms).
+ */
+#define LINK_SLOTS    4096u          /* a power of two; 4 ms at 1 us slots */
+#define LINK_SLOT_PS  1000000ull     /* shortest slot: 1 us */
+#define LINK_BURST_PS 1000000000ull  /* slots up to 1 ms old may still be used */
+
 struct blade {
     char name[NAME_LEN];
     uint64_t latency_ns;    /* atomic; total load-to-use latency of a remote line */
     uint64_t tx_ps;         /* atomic; time one line occupies the link, 0 = unlimited */
     double bandwidth_gbps;  /* control thread only (for reporting) */
-    uint64_t next_free_ps;  /* atomic; when the link can start the next transfer */
+    uint64_t first_open;    /* atomic; slots below it are known to be full */
+    uint64_t slots[LINK_SLOTS]; /* atomic words, see above */
 } __attribute__((aligned(64)));
 
 /* ---- per-vCPU state and counters ---------------------------------------- */

@@ -128,13 +128,6 @@ def test_miss_ratio_steps_at_each_level_capacity(blade: Blade, level: str, capac
     assert above > 0.9, (below, above)
 
 
-def chase_ns(blade: Blade, node: int) -> float:
-    out = blade.sh(f"numactl --membind={node} ddc-ptrchase -s 64M -n 200000 -r 3")
-    m = re.search(r"ns_per_load_median=([\d.]+)", out)
-    assert m, out
-    return float(m.group(1))
-
-
 def test_latency_changes_at_runtime_and_is_charged_exactly(blade: Blade) -> None:
     # Account mode: the charge per remote miss is exact and visible in the counters,
     # whatever the host's timing noise. Two latencies, one boot.
@@ -154,10 +147,33 @@ def test_latency_changes_at_runtime_and_is_charged_exactly(blade: Blade) -> None
 
 
 # Known gap (issue 3 stays open): the plugin charges exactly latency - local per
-# remote miss (its counters say so), yet the guest measures 10-25 % more, on
-# this host: +450..520 ns for 400 added, +990..1030 ns for 900. Spinning instead
-# of sleeping did not remove it. Kept running, so a fix shows as XPASS.
-LATENCY_GAP = "guest-measured stall exceeds the charged one by 10-25 % (issue 3 open)"
+# remote miss (its counters say so: injected == modelled, one charge per chase
+# load), yet the guest measures 10-15 % more: +430..470 ns for 400 added,
+# +970..1000 for 900 (paired probe, this host). The extra is not in the stalls
+# but between them: with stalls the vCPU executes the same instructions more
+# slowly (exec time per load, wall minus injected, rises by 40-130 ns), whether
+# the stall sleeps or spins, in batches of 2 us to 10 ms, and with the guest's
+# tick removed (nohz_full). Kept running, so a fix shows as XPASS.
+LATENCY_GAP = "guest-measured stall exceeds the charged one by 10-15 % (issue 3 open)"
+
+
+def paired_diff_ns(blade: Blade) -> float:
+    """Node 1 minus node 0, ns per dependent load: both buffers in one process,
+    chased in alternating rounds, so both see the same host noise."""
+    out = blade.sh("ddc-ptrchase -s 64M -n 50000 -r 21 -N 0,1")
+    m = re.search(r"diff_ns_median=([-\d.]+)", out)
+    assert m, out
+    return float(m.group(1))
+
+
+def test_paired_probe_sees_no_difference_without_added_latency(blade: Blade) -> None:
+    # The reference for the test below: same latency on both nodes, so the
+    # paired difference is TCG's own (no cost for a remote range by itself).
+    blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=0)
+    try:
+        assert abs(paired_diff_ns(blade)) <= 25
+    finally:
+        blade.link(latency_ns=500, bandwidth_gbps=0)
 
 
 @pytest.mark.xfail(reason=LATENCY_GAP, strict=False)
@@ -165,23 +181,18 @@ LATENCY_GAP = "guest-measured stall exceeds the charged one by 10-25 % (issue 3 
 def test_injected_latency_per_dependent_load(blade: Blade, added: int, tolerance: float) -> None:
     # Changed at runtime: the blade is not rebooted between the parameters.
     blade.link(latency_ns=LOCAL_NS + added, bandwidth_gbps=0)
-    diffs = []
-    for _ in range(5):  # node 0 and node 1 close together, repeated: TCG's own time drifts
-        local = chase_ns(blade, 0)
-        remote = chase_ns(blade, 1)
-        diffs.append(remote - local)
-    measured = statistics.median(diffs)
-    assert abs(measured - added) <= tolerance * added, diffs
+    measured = statistics.median(paired_diff_ns(blade) for _ in range(3))
+    assert abs(measured - added) <= tolerance * added, measured
 
 
-@pytest.mark.xfail(reason="with the plugin active a blade streams only about 0.87 GB/s from node 1 on this "
-                          "host, and the 1 GB/s link model throttles it to about 0.4 GB/s (issue 3 open)",
-                   strict=False)
 def test_bandwidth_cap(blade: Blade) -> None:
-    # No added latency, so only the link limits the stream: 1 GB/s, shared by both vCPUs.
+    # No added latency, so only the link limits the stream: 1 GB/s, shared by
+    # both vCPUs. `-m lines` reads one word per line: the link carries lines,
+    # and the probe then streams 2.6-4 GB/s here unlimited (8-byte reads of
+    # every word reach only about 0.9 GB/s under the plugin).
     blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=1)
     try:
-        out = blade.sh("numactl --membind=1 ddc-stream -t 2 -s 256M -d 4 -m read")
+        out = blade.sh("numactl --membind=1 ddc-stream -t 2 -s 256M -d 4 -m lines")
     finally:
         blade.link(latency_ns=500, bandwidth_gbps=0)
     m = re.search(r"^threads=2 .* gbps=([\d.]+)$", out, re.M)

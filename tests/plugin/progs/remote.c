@@ -11,6 +11,8 @@
  *                               the loop's CLOCK_MONOTONIC duration
  *   thread FIRST COUNT STRIDE   the same on a new thread (a new vCPU under
  *                               qemu-x86_64), joined before answering
+ *   pair FIRST COUNT STRIDE     two threads at once: one touches FIRST..,
+ *                               the other the COUNT lines after those
  *
  * and exits 0 at end of input.
  */
@@ -63,11 +65,11 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     while (fgets(line, sizeof(line), stdin)) {
-        struct touch t = { .sum = 0 };
-        pthread_t th;
+        struct touch t = { .sum = 0 }, u;
+        pthread_t th, th2;
         if (sscanf(line, "%15s %lu %lu %lu", verb, &t.first, &t.count, &t.stride) != 4 ||
-            (strcmp(verb, "touch") && strcmp(verb, "thread")) ||
-            (t.first + t.count) * t.stride > size) {
+            (strcmp(verb, "touch") && strcmp(verb, "thread") && strcmp(verb, "pair")) ||
+            (t.first + t.count * (strcmp(verb, "pair") ? 1 : 2)) * t.stride > size) {
             fprintf(stderr, "remote: bad command: %s", line);
             return 2;
         }
@@ -75,6 +77,15 @@ int main(int argc, char **argv)
         unsigned long long t0 = now_ns();
         if (!strcmp(verb, "touch")) {
             touch(&t);
+        } else if (!strcmp(verb, "pair")) {
+            u = t;
+            u.first += t.count;
+            if (pthread_create(&th, NULL, touch, &t) || pthread_create(&th2, NULL, touch, &u) ||
+                pthread_join(th, NULL) || pthread_join(th2, NULL)) {
+                perror("remote: pthread");
+                return 1;
+            }
+            t.sum += u.sum;
         } else if (pthread_create(&th, NULL, touch, &t) || pthread_join(th, NULL)) {
             perror("remote: pthread");
             return 1;
