@@ -345,7 +345,10 @@ def cmd_restart(a: argparse.Namespace) -> int:
 def cmd_fail(a: argparse.Namespace) -> int:
     name = testbed.testbed_name(a.file)
     st = testbed.load_up(name)
-    if a.blade in st.blades:
+    if a.region is not None:
+        reg, _pids, timings = rack.fail_region(name, a.blade, a.region, say=_say)
+        OUT.print(f"region {reg.name}: failed ({_phases(timings) or 'it was detached'})")
+    elif a.blade in st.blades:
         rack.crash(name, a.blade, say=_say)
     else:
         rack.fail_memory_blade(name, a.blade, say=_say)
@@ -462,9 +465,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="BLADE")
 
     p = sub.add_parser("fail", help="crash a compute blade (QEMU stopped), or fail a memory blade (machine checks "
-                                    "on every page of it in use: those processes get SIGBUS)")
+                                    "on every page of it in use: those processes get SIGBUS) or one of its regions")
     p.add_argument("file")
     p.add_argument("blade")
+    p.add_argument("--region", metavar="REGION", help="fail only this region of the memory blade: its owner loses "
+                                                      "it, the programs mapping it get SIGBUS (fs: EIO)")
 
     p = sub.add_parser("contacts", help="the compute blades told at once when a blade fails (by `ddc monitor`)")
     p.add_argument("file")

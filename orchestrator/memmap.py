@@ -12,12 +12,24 @@ from two monitor commands read while the guest is still paused:
 
 The hole below 4 GiB does not enter: it is made by aliases of ``pc.ram`` into
 the system address space, which this value never sees.
+
+Regions of the Rack MMU (``rack.py``) are hot-plugged ivshmem BARs: their
+backend's memory region is the BAR itself, mapped by the PCI code at the BAR's
+guest-physical address, so there ``mr.addr`` is that address and the value is
+``ramblock.offset + offset_in_block + BAR address``. The BAR address comes from
+QMP ``query-pci`` once the guest has enabled the device (checked in a guest: 32
+MiB written to a region counted 525,041 lines on its memory blade with this
+range in the map, none with the BAR address alone). Not from ``info mtree -f``:
+on QEMU 7.2 that command keeps references to the flat views it prints, so a
+region's RAM block outlives its ``object-del`` and plugging a region of the same
+name again aborts QEMU ("RAMBlock ... already registered").
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import HypervisorError
 from .topology import ComputeBlade
@@ -87,3 +99,39 @@ def plugin_map(blade: ComputeBlade, ramblock_text: str, mtree_text: str) -> list
         start = offset + offsets[name]
         ranges.append(Range(start, start + used, node.id, node.memory_blade))
     return ranges
+
+
+def pci_bar(devices: list[dict[str, Any]], qdev_id: str, bar: int) -> tuple[int, int] | None:
+    """(address, size) of BAR ``bar`` of device ``qdev_id`` in a QMP ``query-pci``
+    reply (its buses' ``devices``, searched through bridges), or None."""
+    for dev in devices:
+        if dev.get("qdev_id") == qdev_id:
+            for region in dev.get("regions", []):
+                if region.get("bar") == bar and region.get("type") == "memory":
+                    return region["address"], region["size"]
+            return None
+        found = pci_bar(dev.get("pci_bridge", {}).get("devices", []), qdev_id, bar)
+        if found:
+            return found
+    return None
+
+
+IVSHMEM_BAR = 2  # ivshmem-plain's shared memory
+
+
+def region_range(qom_id: str, node: int, memory_blade: str, ramblock_text: str,
+                 query_pci: list[dict[str, Any]]) -> Range:
+    """The plugin range of a hot-plugged region whose backend and device are both
+    ``qom_id``, from ``info ramblock`` and QMP ``query-pci``."""
+    blocks = {name.rsplit("/", 1)[-1]: v for name, v in parse_ramblocks(ramblock_text).items()}
+    bar = None
+    for bus in query_pci:
+        bar = bar or pci_bar(bus.get("devices", []), qom_id, IVSHMEM_BAR)
+    if qom_id not in blocks or bar is None or bar[0] in (0, 0xFFFFFFFFFFFFFFFF):
+        raise HypervisorError(f"QEMU shows no mapped RAM for {qom_id!r}",
+                              hint="the region's device is not (or no longer) enabled by the guest")
+    offset, used = blocks[qom_id]
+    if bar[1] != used:
+        raise HypervisorError(f"{qom_id}: BAR {IVSHMEM_BAR} is {bar[1]} bytes but its RAM block {used}")
+    start = offset + bar[0]
+    return Range(start, start + used, node, memory_blade)

@@ -7,12 +7,19 @@ consensus timeout. ``ddc monitor FILE`` runs on the host and, every
 
 - checks that each compute blade's QEMU process is alive (its heartbeat: a
   blade whose QEMU stopped or crashed has failed; libvirt itself can take
-  seconds to report it), and reads the testbed's event log (a memory blade
-  failed with ``ddc fail``);
+  seconds to report it);
+- reads the testbed's event log, the memory blades' heartbeat: a memory blade
+  (or one of its regions) has failed when ``ddc fail`` logged it so, which it
+  does at the moment of failure, before it injects anything. A pool cannot
+  vanish on its own (it is a tmpfs that QEMU maps; the kernel refuses to
+  unmount it), so there is nothing else to watch;
 - for a new failure, writes one JSON line to ``/run/ddc/events/<blade>`` in each
-  contact's guest, over an SSH session it keeps open, and runs the contact's
-  hook ``/etc/ddc/on-failure BLADE KIND`` if that file is executable. Programs
-  wait on the file (inotify, ``tail -F``) or let the hook signal them.
+  contact's guest (``blade``, ``kind``, ``region`` for a region, and the host
+  times it ``happened`` and was ``detected``), over an SSH session it keeps
+  open, and runs the contact's hook ``/etc/ddc/on-failure BLADE KIND [REGION]``
+  if that file is executable. Programs wait on the file (inotify, ``tail -F``)
+  or let the hook signal them. A region's failure goes to its memory blade's
+  contacts (its owner learns it by SIGBUS).
 
 Each detection and notification is logged in the testbed state with its delays.
 Not detected: a guest that hangs while its QEMU runs.
@@ -62,6 +69,7 @@ class Monitor:
         self.interval = interval
         self.say = say
         self.failed: set[str] = set()
+        self.failed_regions: set[str] = set()
         self.pids: dict[str, int | None] = {}
         self.shells: dict[str, tuple[guest.Connection, guest.Shell]] = {}
 
@@ -99,24 +107,29 @@ class Monitor:
                         self.failed.add(blade)
                         self._failure(st, blade, "compute blade stopped", now, _since(st, blade, started))
                 for e in st.events:
-                    if e.get("event") == "memory blade failed" and e["time"] > started:
-                        mb = e["memory_blade"]
-                        if mb not in self.failed:
-                            self.failed.add(mb)
-                            self._failure(st, mb, "memory blade failed", now, e["time"])
+                    if e["time"] <= started:
+                        continue
+                    if e.get("event") == "memory blade failed" and e["memory_blade"] not in self.failed:
+                        self.failed.add(e["memory_blade"])
+                        self._failure(st, e["memory_blade"], "memory blade failed", now, e["time"])
+                    elif e.get("event") == "region failed" and e["region"] not in self.failed_regions:
+                        self.failed_regions.add(e["region"])
+                        self._failure(st, e["memory_blade"], "region failed", now, e["time"], region=e["region"])
         for blade in list(self.shells):
             self._drop(blade)
 
-    def _failure(self, st: TestbedState, blade: str, kind: str, detected: float, happened: float | None) -> None:
+    def _failure(self, st: TestbedState, blade: str, kind: str, detected: float, happened: float | None,
+                 region: str | None = None) -> None:
         told = []
         t0 = time.monotonic()
+        what = {"region": region} if region else {}
+        hook_args = " ".join(shlex.quote(a) for a in (blade, kind, *what.values()))
         for contact in st.contacts.get(blade, []):
             if contact in self.failed:
                 continue
-            event = json.dumps({"blade": blade, "kind": kind, "detected": detected})
+            event = json.dumps({"blade": blade, "kind": kind, **what, "happened": happened, "detected": detected})
             script = (f"mkdir -p {EVENTS_DIR} && echo {shlex.quote(event)} >> {EVENTS_DIR}/{blade} && "
-                      f"{{ [ -x {HOOK} ] && setsid -f {HOOK} {blade} {shlex.quote(kind)} </dev/null "
-                      ">/dev/null 2>&1; true; }")
+                      f"{{ [ -x {HOOK} ] && setsid -f {HOOK} {hook_args} </dev/null >/dev/null 2>&1; true; }}")
             try:
                 self._shell(st, contact).run(script, timeout=5)
                 told.append(contact)
@@ -126,10 +139,11 @@ class Monitor:
         notified = time.time()
         detect_ms = None if happened is None else (detected - happened) * 1000
         notify_ms = None if happened is None else (notified - happened) * 1000
-        (state.load(self.name) or st).log("failure notified", time=notified, blade=blade, kind=kind,
+        (state.load(self.name) or st).log("failure notified", time=notified, blade=blade, kind=kind, **what,
                                           contacts=told, detect_ms=detect_ms, notify_ms=notify_ms)
         since = "" if happened is None else f" {detect_ms:.0f} ms after it happened"
-        self.say(f"{blade}: {kind}; detected{since}; told {', '.join(told) or 'nobody'}"
+        which = f" ({region})" if region else ""
+        self.say(f"{blade}: {kind}{which}; detected{since}; told {', '.join(told) or 'nobody'}"
                  + ("" if notify_ms is None else f" {notify_ms:.0f} ms after it happened")
                  + f" (telling took {(time.monotonic() - t0) * 1000:.0f} ms)")
 

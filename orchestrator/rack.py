@@ -17,6 +17,7 @@ timestamped event after every phase, so that a crash half-way leaves a region
 ``steal``   the owner is not asked: it is fenced (its QEMU stopped), then the
             region goes to another blade
 ``crash``   fail a compute blade (its QEMU stopped at once); its regions are freed
+``fail``    fail one region: its owner loses it at once, programs mapping it get SIGBUS
 
 Only the orchestrator changes ownership: a guest has no way to reach a region
 that is not plugged into it.
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import guest, pools, state, testbed
-from .errors import GuestError, HypervisorError, SpecError, StateError
+from .errors import DdcError, GuestError, HypervisorError, SpecError, StateError
 from .hypervisor import Hypervisor
 from .render import REGION_PORT_PREFIX
 from .runner import run
@@ -64,7 +65,7 @@ class Region:
     path: str
     owner: str | None = None  # compute blade, or None when detached
     port: str | None = None  # the root port it is plugged into (a libvirt alias)
-    state: str = "detached"  # detached | attaching | attached | releasing | detaching
+    state: str = "detached"  # detached | attaching | attached | releasing | detaching | failing | failed
     created_at: float = 0.0
     kind: str = "shm"  # shm: the raw BAR; fs: an ext4 file system on it, mounted in the guest
 
@@ -99,7 +100,7 @@ def attach(name: str, blade: str, *, memory_blade: str | None = None, size: str 
         st = testbed.load_up(name)
         testbed.endpoint(st, blade)  # validates the blade
         if region is not None and region in st.regions:
-            reg = Region(**st.regions[region])
+            reg = _usable(Region(**st.regions[region]))
             if reg.owner is not None or reg.state != "detached":
                 raise StateError(f"region {region!r} is {reg.state} (owner {reg.owner})",
                                  hint=f"`ddc region detach` it first, or `ddc grant ... --to {blade}`")
@@ -114,7 +115,7 @@ def detach(name: str, region: str, *, say: Say = _quiet) -> tuple[Region, dict[s
     timings: dict[str, float] = {}
     with state.locked(name):
         st = testbed.load_up(name)
-        reg = _region(st, region)
+        reg = _usable(_region(st, region))
         if reg.owner is None:
             raise StateError(f"region {region!r} is not attached", hint="`ddc region list` shows the regions")
         with Hypervisor(st.uri) as hv:
@@ -139,7 +140,7 @@ def _move(name: str, region: str, to: str, say: Say, *, fence: bool) -> tuple[Re
     with state.locked(name):
         st = testbed.load_up(name)
         testbed.endpoint(st, to)
-        reg = _region(st, region)
+        reg = _usable(_region(st, region))
         if reg.owner == to:
             raise StateError(f"region {region!r} already belongs to {to}")
         with Hypervisor(st.uri) as hv:
@@ -180,7 +181,11 @@ def fail_memory_blade(name: str, memory_blade: str, *, say: Say = _quiet) -> dic
     with memory on it gets a machine-check error on one of those pages, so it is
     sent SIGBUS at once (vm.memory_failure_early_kill), and processes on other
     memory go on. One page per process, because machine checks must come one at
-    a time. Returns the pages poisoned per compute blade."""
+    a time. Returns the pages poisoned per compute blade.
+
+    The failure is logged ("memory blade failed") before the first machine
+    check: that is the moment it happens, and what ``ddc monitor`` reports to
+    the blade's emergency contacts while the machine checks are still going in."""
     poisoned: dict[str, int] = {}
     with state.locked(name):
         st = testbed.load_up(name)
@@ -188,6 +193,7 @@ def fail_memory_blade(name: str, memory_blade: str, *, say: Say = _quiet) -> dic
         if not users:
             raise SpecError(f"no compute blade of {name!r} uses a memory blade {memory_blade!r}",
                             hint="name a memory blade of the testbed file")
+        st.log("memory blade failed", memory_blade=memory_blade, users=sorted(users))
         with Hypervisor(st.uri) as hv:
             for blade, nodes in users.items():
                 start = time.monotonic()
@@ -200,11 +206,106 @@ def fail_memory_blade(name: str, memory_blade: str, *, say: Say = _quiet) -> dic
                     # shuts the CPU down: one at a time.
                     time.sleep(MCE_GAP_S)
                 poisoned[blade] = len(addrs)
-                st.log("memory blade failed", memory_blade=memory_blade, blade=blade, nodes=nodes,
+                st.log("machine checks injected", memory_blade=memory_blade, blade=blade, nodes=nodes,
                        pages=len(addrs), seconds=round(time.monotonic() - start, 3))
                 say(f"{blade}: node {', '.join(map(str, nodes))} ({memory_blade}) failed; machine-check errors on "
                     f"{len(addrs)} page(s), one per process using it, in {time.monotonic() - start:.1f} s")
     return poisoned
+
+
+def fail_region(name: str, memory_blade: str, region: str, *,
+                say: Say = _quiet) -> tuple[Region, list[int], dict[str, float]]:
+    """Fail one region of a memory blade; its other regions and slices go on.
+
+    Its owner loses the region without being asked, and the processes that map
+    it get SIGBUS, as the kernel's memory-failure code does for RAM. Machine
+    checks cannot do it here: a region is a PCI BAR, not RAM, and the guest
+    kernel (Linux 6.1) answers a machine check on a BAR page with "memory
+    outside kernel control" and signals nobody. Nor does hot-removal alone: the
+    kernel leaves the programs' mappings of the removed BAR in place (tried by
+    hand), and their reads then return zeros, silently. So:
+
+    1. freeze: in the owner, the processes mapping the region are stopped
+       (SIGSTOP), so that none reads the vanished memory as zeros (an ``fs``
+       region's file system is shut down instead: from now on its users get EIO);
+    2. remove: the device is hot-removed (the guest kernel ejects it; no
+       program is asked) and its memory backend deleted: the owner has lost it;
+    3. signal: the frozen processes get SIGBUS, then SIGCONT, so they die of it
+       (or run their handler); a program on other memory never notices.
+
+    The region's file is deleted (its bytes are lost; the host gets the memory
+    back), and the region stays in ``ddc region list`` as ``failed`` until
+    ``ddc down``. Returns the region, the guest pids sent SIGBUS and the phases."""
+    timings: dict[str, float] = {}
+    with state.locked(name):
+        st = testbed.load_up(name)
+        reg = _failable(st, memory_blade, region)
+        owner = reg.owner
+        reg.state = "failing"
+        _save(st, reg, "region failed", memory_blade=memory_blade)  # the moment of failure (the monitor reads it)
+        pids: list[int] = []
+        if owner is not None:
+            dom = st.blades[owner].domain
+            # One SSH connection for both guest steps: the processes stay stopped
+            # only as long as the removal takes, not two SSH logins.
+            with _phase(timings, "connect"):
+                conn = guest.connect(testbed.endpoint(st, owner))
+            try:
+                with _phase(timings, "freeze"):
+                    pids = _guest_freeze(conn, owner, reg)
+                with Hypervisor(st.uri) as hv, _phase(timings, "remove"):
+                    with contextlib.suppress(HypervisorError):  # already gone after an interrupted fail
+                        hv.qmp(dom, "device_del", id=reg.qom_id)
+                    _wait_gone(hv, dom, reg.qom_id)
+                    with contextlib.suppress(HypervisorError):
+                        hv.qmp(dom, "object-del", id=reg.qom_id)
+                with _phase(timings, "signal"):
+                    _guest_signal(conn, owner, reg, pids)
+            finally:
+                conn.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(reg.path)
+        reg.owner, reg.port, reg.state = None, None, "failed"
+        _save(st, reg, "failure injected", memory_blade=memory_blade, previous_owner=owner, sigbus=pids,
+              **{f"{k}_s": v for k, v in timings.items()})
+        if owner is not None:
+            with Hypervisor(st.uri) as hv:
+                _refresh_map(st, hv, owner, say)
+    told = {"shm": f"SIGBUS to pid {' '.join(map(str, pids))}" if pids else "no process mapped it",
+            "fs": "its file system was shut down: its users get EIO"}[reg.kind]
+    say(f"region {reg.name} of {memory_blade} failed" + (f" under {owner}: {told}" if owner else " (detached)"))
+    return reg, pids, timings
+
+
+def _failable(st: TestbedState, memory_blade: str, region: str) -> Region:
+    """The region ``ddc fail FILE MEMORY_BLADE --region REGION`` names, or an
+    error that says what to type instead; checked before anything changes."""
+    if memory_blade in st.blades:
+        raise SpecError(f"--region: {memory_blade} is a compute blade; a region fails on its memory blade",
+                        hint=f"`ddc fail FILE MEMORY_BLADE --region {region}`, or `ddc fail FILE {memory_blade}` "
+                             "to crash the compute blade")
+    known = [m.name for m in testbed.plan(st.spec_file).rack.memory_blades]
+    if memory_blade not in known:
+        raise SpecError(f"testbed {st.name!r} has no memory blade {memory_blade!r}",
+                        hint=f"memory blades: {', '.join(known)}")
+    reg = _region(st, region)
+    if reg.memory_blade != memory_blade:
+        raise SpecError(f"--region: region {region!r} is on memory blade {reg.memory_blade}, not {memory_blade}",
+                        hint=f"`ddc fail FILE {reg.memory_blade} --region {region}`")
+    if reg.state == "failed":
+        raise StateError(f"region {region!r} has already failed", hint="`ddc region list` shows the regions")
+    if reg.state not in ("attached", "detached", "failing"):
+        raise StateError(f"region {region!r} is {reg.state}: an earlier operation on it was interrupted",
+                         hint="`ddc region list` shows it; `ddc down` cleans it")
+    return reg
+
+
+def _usable(reg: Region) -> Region:
+    if reg.state in ("failing", "failed"):
+        raise StateError(f"region {reg.name!r} has failed: its memory is gone",
+                         hint="attach a new region (`ddc region attach FILE BLADE --blade MB --size S`); "
+                              "`ddc down` removes the failed one")
+    return reg
 
 
 def _fence(st: TestbedState, hv: Hypervisor, blade: str, why: str, say: Say) -> None:
@@ -299,6 +400,7 @@ def _plug(st: TestbedState, hv: Hypervisor, reg: Region, blade: str, timings: di
         resource = _guest_map(st, blade, reg, slot, function)
     reg.state = "attached"
     _save(st, reg, "attached", resource=resource, **{f"{k}_s": v for k, v in timings.items()})
+    _refresh_map(st, hv, blade, say)
     say(f"region {reg.name} ({format_size(reg.size)} of {reg.memory_blade}) attached to {blade} "
         f"as {GUEST_DIR}/{reg.name}")
 
@@ -325,7 +427,21 @@ def _unplug(st: TestbedState, hv: Hypervisor, reg: Region, timings: dict[str, fl
         hv.qmp(dom, "object-del", id=reg.qom_id)
     reg.owner, reg.port, reg.state = None, None, "detached"
     _save(st, reg, "detached", previous_owner=owner, **{f"{k}_s": v for k, v in timings.items()})
+    _refresh_map(st, hv, owner, say)
     say(f"region {reg.name} detached from {owner}")
+
+
+def _refresh_map(st: TestbedState, hv: Hypervisor, blade: str, say: Say) -> None:
+    """Give the blade's latency plugin its new address map, so that accesses to
+    the regions it now owns count (and are delayed) as accesses to their memory
+    blade. The ownership change is done by then: a failure here is logged and
+    reported, not raised."""
+    try:
+        testbed.load_map(hv, st, blade)
+    except DdcError as exc:
+        st.log("plugin map not refreshed", blade=blade, reason=exc.message)
+        say(f"warning: {blade}: the latency plugin's map was not refreshed ({exc.message}); "
+            "its accesses to regions are counted as local")
 
 
 def _wait_gone(hv: Hypervisor, dom: str, qom_id: str) -> None:
@@ -385,10 +501,8 @@ def _guest_release(st: TestbedState, blade: str, reg: Region) -> None:
                   f"exit 3; }}; rmdir {where}; grep -q mtdblock /proc/mounts || rmmod mtdblock phram 2>/dev/null; "
                   "true")
     else:
-        # /proc/PID/maps names the canonical sysfs path of the BAR's resource file.
-        script = (f'r=$(readlink -f {where}) || exit 0; '
-                  f'users=$(grep -lF "$r" /proc/[0-9]*/maps 2>/dev/null | cut -d/ -f3 | tr "\\n" " "); '
-                  f'[ -z "$users" ] || {{ echo "in use by pid $users" >&2; exit 3; }}; sync; rm -f {where}')
+        script = (_users(where) + f'[ -z "$users" ] || {{ echo "in use by pid $users" >&2; exit 3; }}; sync; '
+                  f"rm -f {where}")
     try:
         _guest(st, blade, script, 30)
     except GuestError as exc:
@@ -398,3 +512,39 @@ def _guest_release(st: TestbedState, blade: str, reg: Region) -> None:
             raise StateError(f"region {reg.name!r} is in use by {who} on {blade}",
                              hint="stop them first (or `ddc steal` takes it without asking)") from exc
         raise
+
+
+def _users(where: str) -> str:
+    """Shell that sets $users to the pids mapping the shm region at ``where`` (exits
+    if it has no name): /proc/PID/maps names the canonical sysfs path of its BAR."""
+    return (f'r=$(readlink -f {where}) && [ -e "$r" ] || exit 0; '
+            f'users=$(grep -lF "$r" /proc/[0-9]*/maps 2>/dev/null | cut -d/ -f3 | tr "\\n" " "); ')
+
+
+# EXT4_IOC_SHUTDOWN (_IOR('X', 125, __u32)) with EXT4_GOING_FLAGS_NOLOGFLUSH: the
+# file system stops at once, as if its disk died, and every later call on it fails with EIO.
+_SHUTDOWN = ("python3 -c 'import fcntl, os, struct, sys; "
+             "fcntl.ioctl(os.open(sys.argv[1], os.O_RDONLY), 0x8004587D, struct.pack(\"I\", 2))'")
+
+
+def _guest_freeze(conn: guest.Connection, blade: str, reg: Region) -> list[int]:
+    """First step of a region's failure in its owner: stop the processes that map
+    it (shm), or shut its file system down (fs). Returns the pids stopped."""
+    where = f"{GUEST_DIR}/{reg.name}"
+    if reg.kind == "fs":
+        script = f"mountpoint -q {where} || exit 0; {_SHUTDOWN} {where}"
+    else:
+        script = _users(where) + '[ -z "$users" ] || kill -STOP $users 2>/dev/null; echo $users'
+    return [int(p) for p in guest.run(conn, script, timeout=30, blade=blade).stdout.split()]
+
+
+def _guest_signal(conn: guest.Connection, blade: str, reg: Region, pids: list[int]) -> None:
+    """Last step, once the device is gone: SIGBUS to the stopped processes (and
+    SIGCONT, so that it is delivered), and the region's name is removed."""
+    where = f"{GUEST_DIR}/{reg.name}"
+    if reg.kind == "fs":
+        script = f"umount -l {where} 2>/dev/null; rmdir {where} 2>/dev/null; true"  # its users keep their EIO
+    else:
+        ids = " ".join(map(str, pids))
+        script = (f"kill -BUS {ids} 2>/dev/null; kill -CONT {ids} 2>/dev/null; " if pids else "") + f"rm -f {where}"
+    guest.run(conn, script, timeout=30, blade=blade)

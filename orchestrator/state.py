@@ -93,11 +93,27 @@ class TestbedState:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o711)
         target = self.directory / "state.json"
         tmp = target.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        with _saving(self.directory):
+            self._keep_others_events(target)
+            with open(tmp, "w") as f:
+                json.dump(asdict(self), f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+
+    def _keep_others_events(self, target: Path) -> None:
+        """The event log only grows, and not only under the testbed's lock: ``ddc
+        monitor`` logs its notifications while ``ddc fail``, which holds the lock,
+        is still injecting the failure. Events on disk that this copy lacks are
+        someone else's: they are kept, not overwritten."""
+        try:
+            on_disk = json.loads(target.read_text()).get("events", [])
+        except (OSError, ValueError):
+            return
+        mine = {json.dumps(e, sort_keys=True) for e in self.events}
+        others = [e for e in on_disk if json.dumps(e, sort_keys=True) not in mine]
+        if others:
+            self.events = sorted(self.events + others, key=lambda e: e["time"])
 
     def log(self, event: str, **details: Any) -> None:
         """Append a timestamped event (Rack MMU, monitor) and save, durably. A
@@ -120,6 +136,18 @@ class TestbedState:
         if entry not in self.resources:
             self.resources.append(entry)
             self.save()
+
+
+@contextlib.contextmanager
+def _saving(directory: Path) -> Iterator[None]:
+    """A short, blocking lock around read-merge-write of state.json (the
+    testbed's lock is not always held by a writer: see _keep_others_events)."""
+    fd = os.open(directory / ".save.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def testbed_dir(name: str) -> Path:

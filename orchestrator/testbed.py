@@ -280,11 +280,37 @@ def restart_blade(name: str, blade: str, *, say: Say = _quiet, boot_timeout: flo
 
 
 def _load_map(hv: Hypervisor, st: TestbedState, blade: ComputeBlade) -> None:
-    """Give the paused blade's plugin its address map, in the plugin's terms."""
-    ranges = memmap.plugin_map(blade, hv.hmp(blade.domain, "info ramblock"), hv.hmp(blade.domain, "info mtree"))
+    """Give the blade's plugin its address map, in the plugin's terms: its NUMA
+    nodes, and the Rack MMU regions it owns (see ``load_map``)."""
+    ramblocks = hv.hmp(blade.domain, "info ramblock")
+    ranges = memmap.plugin_map(blade, ramblocks, hv.hmp(blade.domain, "info mtree"))
+    owned = [r for r in st.regions.values() if r.get("owner") == blade.name and r.get("state") == "attached"]
+    links = []
+    if owned:
+        pci = hv.qmp(blade.domain, "query-pci")
+        rack = plan(st.spec_file).rack
+        # A region counts on its memory blade's NUMA node; one from a memory
+        # blade this blade has no node of gets a node number after its own.
+        numa = {n.memory_blade: n.id for n in blade.nodes if n.memory_blade}
+        others = [mb for mb in rack.memory_blades if mb.name not in numa]
+        node_of = numa | {mb.name: len(blade.nodes) + i for i, mb in enumerate(others)}
+        for reg in owned:
+            ranges.append(memmap.region_range(f"ddc-region-{reg['name']}", node_of[reg["memory_blade"]],
+                                              reg["memory_blade"], ramblocks, pci))
+        links = [mb for mb in others if any(r["memory_blade"] == mb.name for r in owned)]
     with plugin.Control(st.plugin_socket(blade.name)) as ctl:
+        for mb in links:  # a memory blade the NUMA nodes do not use is new to the plugin
+            ctl.request("set_link", blade=mb.name, latency_ns=mb.latency_ns, bandwidth_gbps=mb.bandwidth_gbps or 0)
         ctl.set_map(ranges)
     LOG.debug("%s: plugin map %s", blade.name, [r.as_json() for r in ranges])
+
+
+def load_map(hv: Hypervisor, st: TestbedState, blade: str) -> None:
+    """Refresh a running blade's plugin map after a region came or went, so an
+    access to a region counts (and is delayed) as one to its memory blade. A
+    testbed without the plugin (KVM) has nothing to refresh."""
+    if st.plugin:
+        _load_map(hv, st, next(b for b in plan(st.spec_file).rack.compute_blades if b.name == blade))
 
 
 def domain_config(rack: Rack, blade: ComputeBlade, st: TestbedState, img: images.GuestImage,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import HypervisorError
-from orchestrator.memmap import parse_container, parse_ramblocks, plugin_map
+from orchestrator.memmap import parse_container, parse_ramblocks, plugin_map, region_range
 from orchestrator.spec import GiB, load_testbed
 from orchestrator.topology import resolve
 from tests.conftest import DATA, EXAMPLES
@@ -41,3 +42,22 @@ def test_missing_block_is_an_error() -> None:
     with pytest.raises(HypervisorError, match="no RAM block 'ddc-node1'"):
         plugin_map(blade, "ram-node0 4 KiB 0x0 0x40000000 0x40000000\n",
                    (QEMU / "rack-cb0-info-mtree.txt").read_text())
+
+
+def test_region_range_is_ram_addr_plus_bar_address() -> None:
+    # Recorded with a 64 MiB region `ra` plugged and enabled: RAM block at
+    # ram_addr 0x80340000, BAR 2 at 0x240000000 (behind a root port). In a
+    # guest, this range is the one the plugin's accesses to the region fall in.
+    blocks = (QEMU / "region-ramblock.txt").read_text()
+    pci = json.loads((QEMU / "region-query-pci.json").read_text())
+    r = region_range("ddc-region-ra", 1, "mb0", blocks, pci)
+    assert (r.start, r.end, r.node, r.blade) == (0x2C0340000, 0x2C0340000 + (64 << 20), 1, "mb0")
+
+
+def test_region_range_of_an_unplugged_region_is_an_error() -> None:
+    blocks = (QEMU / "region-ramblock.txt").read_text()
+    pci = json.loads((QEMU / "region-query-pci.json").read_text())
+    with pytest.raises(HypervisorError, match="ddc-region-rb"):
+        region_range("ddc-region-rb", 1, "mb0", blocks, pci)
+    with pytest.raises(HypervisorError, match="not .*enabled"):
+        region_range("ddc-region-ra", 1, "mb0", blocks, [])

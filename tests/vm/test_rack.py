@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -165,8 +166,9 @@ def test_a_failed_memory_blade_signals_only_the_programs_on_it(rack: Path) -> No
     assert len(sh(rack, "cb0", "pgrep -x ddc-ptrchase").split()) == 1, "the program on node 0 goes on"
     assert not sh(rack, "cb0", "cat /tmp/rc0 2>/dev/null; true").strip()
     assert "Sending SIGBUS to ddc-ptrchase" in sh(rack, "cb0", "dmesg")
-    assert any(e["event"] == "memory blade failed" and e["blade"] == "cb0" and e["pages"] >= 1
-               for e in regions(rack)["events"])
+    events = regions(rack)["events"]
+    assert any(e["event"] == "memory blade failed" and e["memory_blade"] == "mb0" for e in events)
+    assert any(e["event"] == "machine checks injected" and e["blade"] == "cb0" and e["pages"] >= 1 for e in events)
     sh(rack, "cb0", "pkill -x ddc-ptrchase; true")
 
 
@@ -202,3 +204,149 @@ def test_the_monitor_tells_emergency_contacts_within_a_second(rack: Path) -> Non
     assert 0 < detected < notified < 1.0, "under a second from failure to notification"
     assert sh(rack, "cb1", "cat /tmp/hook-ran").strip() == "cb0 compute blade stopped", "the hook ran"
     ddc("restart", str(rack), "cb0")
+
+
+# Checks a pattern over and over in 256 KiB of a region (or of plain memory: "-"),
+# and writes how many checks passed; exits 3 on wrong data: a failure it missed.
+CHECK = """
+import mmap, os, sys, time
+path, out = sys.argv[1], sys.argv[2]
+size = 256 << 10
+mem = mmap.mmap(-1, size) if path == "-" else mmap.mmap(os.open(path, os.O_RDWR | os.O_SYNC), size)
+pattern = os.urandom(4096) * (size // 4096)
+mem[:] = pattern
+n = 0
+while True:
+    if mem[:] != pattern:
+        sys.exit(3)
+    n += 1
+    with open(out + ".tmp", "w") as f:
+        f.write(str(n))
+    os.replace(out + ".tmp", out)
+    time.sleep(0.05)
+"""
+CHECKER = ("setsid -f sh -c 'python3 /tmp/check.py {path} /tmp/n-{tag}; echo $? > /tmp/rc-{tag}' "
+           "</dev/null >/dev/null 2>&1")
+
+
+def counts(rack: Path, *tags: str) -> dict[str, int]:
+    out = sh(rack, "cb0", " ".join(f"echo {t} $(cat /tmp/n-{t} 2>/dev/null || echo 0);" for t in tags))
+    return {t: int(n) for t, n in (line.split() for line in out.splitlines())}
+
+
+def test_region_fail_signals_only_the_programs_that_map_it(rack: Path) -> None:
+    for r in ("fA", "fB"):
+        ddc("region", "attach", str(rack), "cb0", "--blade", "mb0", "--size", "64M", "--name", r)
+    sh(rack, "cb0", f"printf %s {shlex.quote(CHECK)} > /tmp/check.py; rm -f /tmp/n-* /tmp/rc-*; "
+                    + "; ".join(CHECKER.format(path=p, tag=t) for p, t in
+                                (("/run/ddc/regions/fA", "A"), ("/run/ddc/regions/fB", "B"), ("-", "plain"))))
+    deadline = time.monotonic() + 60
+    while min(counts(rack, "A", "B", "plain").values()) == 0:
+        assert time.monotonic() < deadline, "the three programs did not start"
+        time.sleep(0.5)
+
+    out = ddc("fail", str(rack), "mb0", "--region", "fA")
+    assert "region fA: failed" in out.stdout and "SIGBUS to pid" in out.stderr, out.stderr
+    deadline = time.monotonic() + 20
+    while not sh(rack, "cb0", "cat /tmp/rc-A 2>/dev/null; true").strip():
+        assert time.monotonic() < deadline, "the program on fA was not stopped"
+        time.sleep(0.5)
+    assert sh(rack, "cb0", "cat /tmp/rc-A").strip() == "135", "killed by SIGBUS (128 + 7), not by wrong data (3)"
+
+    # the program on region fB (same memory blade) and the one on plain memory go on, reading the right bytes
+    before = counts(rack, "B", "plain")
+    time.sleep(3)
+    after = counts(rack, "B", "plain")
+    assert all(after[t] > before[t] for t in before), (before, after)
+    assert not sh(rack, "cb0", "cat /tmp/rc-B /tmp/rc-plain 2>/dev/null; true").strip(), "neither exited"
+    assert sh(rack, "cb0", "ls /run/ddc/regions").split() == ["fB"]
+
+    listed = {r["name"]: r for r in regions(rack)["regions"]}
+    assert (listed["fA"]["owner"], listed["fA"]["state"]) == (None, "failed")
+    assert (listed["fB"]["owner"], listed["fB"]["state"]) == ("cb0", "attached")
+    assert not Path(listed["fA"]["path"]).exists() and Path(listed["fB"]["path"]).exists()
+    events = [e for e in regions(rack)["events"] if e.get("region") == "fA"]
+    assert [e["event"] for e in events[-2:]] == ["region failed", "failure injected"]
+    assert events[-1]["previous_owner"] == "cb0" and len(events[-1]["sigbus"]) == 1
+
+    proc = ddc("grant", str(rack), "fA", "--to", "cb1", check=False)
+    assert proc.returncode != 0 and "has failed: its memory is gone" in proc.stderr, proc.stderr
+    sh(rack, "cb0", "pkill -f '/tmp/[c]heck.py'; sleep 1; true")  # [c]: not this shell
+    ddc("region", "detach", str(rack), "fB")
+
+
+def test_the_monitor_tells_a_memory_blades_contacts_within_a_second(rack: Path) -> None:
+    ddc("contacts", str(rack), "mb0", "--notify", "cb1")
+    sh(rack, "cb1", "rm -rf /run/ddc/events; mkdir -p /etc/ddc; "
+                    "printf '#!/bin/sh\\necho \"$*\" >> /tmp/hook-ran\\n' > /etc/ddc/on-failure; "
+                    "chmod +x /etc/ddc/on-failure; rm -f /tmp/hook-ran")
+    ddc("region", "attach", str(rack), "cb0", "--blade", "mb0", "--size", "64M", "--name", "fm")
+    mon = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "monitor", str(rack)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launched = {}
+    try:
+        assert mon.stdout is not None
+        first = mon.stdout.readline()
+        assert "watching" in first and "mb0 -> cb1" in first, first
+        launched["blade"] = time.time()
+        ddc("fail", str(rack), "mb0")
+        line = mon.stdout.readline()
+        print(line.strip())
+        assert "mb0: memory blade failed" in line and "told cb1" in line, line
+        launched["region"] = time.time()
+        ddc("fail", str(rack), "mb0", "--region", "fm")
+        line = mon.stdout.readline()
+        print(line.strip())
+        assert "mb0: region failed (fm)" in line and "told cb1" in line, line
+    finally:
+        mon.send_signal(signal.SIGTERM)
+        mon.wait(timeout=30)
+
+    told = [json.loads(x) for x in sh(rack, "cb1", "cat /run/ddc/events/mb0").splitlines()]
+    assert [(e["blade"], e["kind"], e.get("region")) for e in told] == [
+        ("mb0", "memory blade failed", None), ("mb0", "region failed", "fm")]
+    events = regions(rack)["events"]
+    for what, failed_event, event in (("blade", "memory blade failed", told[0]), ("region", "region failed", told[1])):
+        happened = [e for e in events if e["event"] == failed_event][-1]["time"]
+        notified = [e for e in events if e["event"] == "failure notified" and e["kind"] == failed_event][-1]["time"]
+        # the fail command logs the failure when it starts, before it injects anything
+        assert launched[what] < happened == event["happened"]
+        print(f"mb0 {what} failed -> detected {(event['detected'] - happened) * 1000:.0f} ms, cb1 notified "
+              f"{(notified - happened) * 1000:.0f} ms (from the launch of `ddc fail`: "
+              f"{(notified - launched[what]) * 1000:.0f} ms)")
+        assert 0 < event["detected"] - happened < notified - happened < 1.0, "under a second to notification"
+    assert sh(rack, "cb1", "cat /tmp/hook-ran").splitlines() == ["mb0 memory blade failed", "mb0 region failed fm"]
+
+
+def test_accesses_to_a_region_count_on_its_memory_blade(rack: Path) -> None:
+    # The latency plugin learns a region's range when it is plugged (and forgets
+    # it when it goes): 32 MiB written through the BAR is 524288 lines, each a
+    # miss of every cache level that reaches mb0, so it is counted (and, in
+    # inject mode, delayed) as remote memory of mb0.
+    from orchestrator import plugin
+
+    st = state.load(NAME)
+    assert st is not None and st.plugin
+    lines = (32 << 20) // 64
+
+    def written_lines(blade: str) -> int:
+        with plugin.Control(st.plugin_socket(blade)) as ctl:
+            ctl.request("reset")
+            sh(rack, blade, "head -c 33554432 /dev/zero | ddc-region put pm >/dev/null")
+            return sum(b["accesses"] for b in ctl.stats()["blades"] if b["name"] == "mb0")
+
+    def region_ranges(blade: str) -> int:
+        with plugin.Control(st.plugin_socket(blade)) as ctl:
+            return len(ctl.request("config")["ranges"])
+
+    before = region_ranges("cb0")
+    ddc("region", "attach", str(rack), "cb0", "--blade", "mb0", "--size", "64M", "--name", "pm")
+    try:
+        assert region_ranges("cb0") == before + 1
+        assert 0.95 * lines <= written_lines("cb0") <= 1.2 * lines
+        ddc("grant", str(rack), "pm", "--to", "cb1")
+        assert region_ranges("cb0") == before
+        assert 0.95 * lines <= written_lines("cb1") <= 1.2 * lines
+    finally:
+        ddc("region", "detach", str(rack), "pm", check=False)
+    assert region_ranges("cb1") == before
