@@ -63,6 +63,7 @@ TICK = f"{GUEST_DIR}/.tick"  # a FIFO nobody writes: `read -t` on it is a sleep 
 KILL_ALL = f"[ -e {CGROUP}/cgroup.kill ] && echo 1 > {CGROUP}/cgroup.kill; true"
 GRACE_S = 5  # between SIGTERM at the timeout and SIGKILL
 HOST_SLACK_S = 60  # the host gives up on the SSH command this long after the guest's own timeout
+RECOVER_S = 10  # how long a lost connection to a blade libvirt still calls running is retried
 MARK = "@@ddc"
 
 
@@ -423,14 +424,26 @@ class Session:
             return {}
 
     def _recover(self, rec: RunRecord) -> None:
-        """After a lost connection: if the blade died, say so in the run and restart it."""
+        """After a lost connection: if the blade died, say so in the run and restart it.
+        libvirt may still call a domain running for a moment after its QEMU was
+        killed, so a failed reconnection asks again, for up to RECOVER_S."""
         assert self.st is not None and self.hv is not None
-        dom_state = self.hv.state(self.domain)
-        if dom_state != "running":
-            rec.error = f"blade {self.blade} died (domain {dom_state}): {rec.error}"
-            self.obs.say(f"run {rec.run_id}: blade {self.blade} is {dom_state}; restarting it")
-            testbed.restart_blade(self.st.name, self.blade, say=self.obs.say)
-        self._reconnect()
+        deadline = time.monotonic() + RECOVER_S
+        while True:
+            dom_state = self.hv.state(self.domain)
+            if dom_state != "running":
+                rec.error = f"blade {self.blade} died (domain {dom_state}): {rec.error}"
+                self.obs.say(f"run {rec.run_id}: blade {self.blade} is {dom_state}; restarting it")
+                testbed.restart_blade(self.st.name, self.blade, say=self.obs.say)
+                self._reconnect()
+                return
+            try:
+                self._reconnect()
+                return
+            except GuestError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 def _knob(name: str, value: Any) -> str:

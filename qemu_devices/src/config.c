@@ -243,7 +243,16 @@ int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbp
         /* GB/s is bytes per ns; keep picoseconds so 64 B at 25 GB/s is 2560 ps. */
         uint64_t tx = *bw_gbps > 0 ? (uint64_t)(llc_line_bytes() * 1000.0 / *bw_gbps + 0.5) : 0;
         b->bandwidth_gbps = *bw_gbps;
-        STORE(&b->tx_ps, tx);
+        if (tx) {
+            /* The slot shape, from tx: the access path only reads it. */
+            uint64_t cap = (LINK_SLOT_PS + tx - 1) / tx, slot = cap * tx, burst = LINK_BURST_PS / slot;
+            STORE(&b->slot_cap, cap);
+            STORE(&b->slot_ps, slot);
+            STORE(&b->burst_slots, burst < LINK_SLOTS / 4 ? burst : LINK_SLOTS / 4);
+            STORE(&b->lease, (uint32_t)(cap >= 32 ? 8 : cap >= 4 ? cap / 4 : 1));
+        }
+        STORE(&b->gen, LOAD(&b->gen) + 1);
+        __atomic_store_n(&b->tx_ps, tx, __ATOMIC_RELEASE);
         /* Slot numbers depend on tx: forget the old schedule.  A vCPU
          * booking concurrently may leave one stale word, which reads as a
          * free slot or, at worst, one slot of the ring misjudged once. */

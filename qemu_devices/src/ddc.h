@@ -115,6 +115,11 @@ struct blade {
     uint64_t tx_ps;         /* atomic; time one line occupies the link, 0 = unlimited */
     double bandwidth_gbps;  /* control thread only (for reporting) */
     uint64_t first_open;    /* atomic; slots below it are known to be full */
+    uint64_t slot_cap;      /* atomic; lines per slot, set with tx_ps */
+    uint64_t slot_ps;       /* atomic; slot_cap x tx_ps */
+    uint64_t burst_slots;   /* atomic; how many slots back a booking may start */
+    uint32_t lease;         /* atomic; lines a vCPU books at once (1..8) */
+    uint32_t gen;           /* atomic; bumped when the slots are reset: leases end */
     uint64_t slots[LINK_SLOTS]; /* atomic words, see above */
 } __attribute__((aligned(64)));
 
@@ -149,6 +154,10 @@ struct vcpu {
     int64_t owed_ns;            /* atomic; inject mode: stall not yet paid (may be < 0) */
     uint64_t skew_ns;           /* account mode: modelled stall so far (link clock) */
     bool slack_set;
+    /* link leases (ddc.c link_book): lines booked ahead in one slot per blade */
+    uint64_t lease_slot[MAX_BLADES];
+    uint32_t lease_left[MAX_BLADES];
+    uint32_t lease_gen[MAX_BLADES];
     unsigned index;
     struct cache priv[MAX_LEVELS];  /* .tags == NULL for shared levels */
     uint64_t c[NCOUNTERS];      /* written by this vCPU only */
@@ -198,6 +207,7 @@ struct ddc {
     pthread_mutex_t ctl_lock;
     struct map *retired;
     uint64_t t0_ns;             /* CLOCK_MONOTONIC at install */
+    uint64_t tsc_base, tsc_base_ns, tsc_mult; /* the link's clock (ddc.c); tsc_mult 0 = no TSC */
     uint64_t reset_ns;          /* CLOCK_MONOTONIC at the last reset */
     uint64_t resets;
     int listen_fd;
