@@ -181,7 +181,8 @@ def fail_memory_blade(name: str, memory_blade: str, *, say: Say = _quiet) -> dic
     with memory on it gets a machine-check error on one of those pages, so it is
     sent SIGBUS at once (vm.memory_failure_early_kill), and processes on other
     memory go on. One page per process, because machine checks must come one at
-    a time. Returns the pages poisoned per compute blade.
+    a time. Its regions fail too, each as ``fail_region`` fails one. Returns the
+    pages poisoned per compute blade.
 
     The failure is logged ("memory blade failed") before the first machine
     check: that is the moment it happens, and what ``ddc monitor`` reports to
@@ -190,10 +191,14 @@ def fail_memory_blade(name: str, memory_blade: str, *, say: Say = _quiet) -> dic
     with state.locked(name):
         st = testbed.load_up(name)
         users = st.memory_blade_nodes().get(memory_blade, {})
-        if not users:
+        own = [reg for reg in regions(st) if reg.memory_blade == memory_blade and reg.state in ("attached", "detached")]
+        if not users and not own:
             raise SpecError(f"no compute blade of {name!r} uses a memory blade {memory_blade!r}",
                             hint="name a memory blade of the testbed file")
-        st.log("memory blade failed", memory_blade=memory_blade, users=sorted(users))
+        st.log("memory blade failed", memory_blade=memory_blade, users=sorted(users),
+               regions=[reg.name for reg in own])
+        for reg in own:
+            _fail(st, reg, say)
         with Hypervisor(st.uri) as hv:
             for blade, nodes in users.items():
                 start = time.monotonic()
@@ -236,41 +241,46 @@ def fail_region(name: str, memory_blade: str, region: str, *,
     The region's file is deleted (its bytes are lost; the host gets the memory
     back), and the region stays in ``ddc region list`` as ``failed`` until
     ``ddc down``. Returns the region, the guest pids sent SIGBUS and the phases."""
-    timings: dict[str, float] = {}
     with state.locked(name):
         st = testbed.load_up(name)
         reg = _failable(st, memory_blade, region)
-        owner = reg.owner
-        reg.state = "failing"
-        _save(st, reg, "region failed", memory_blade=memory_blade)  # the moment of failure (the monitor reads it)
-        pids: list[int] = []
-        if owner is not None:
-            dom = st.blades[owner].domain
-            # One SSH connection for both guest steps: the processes stay stopped
-            # only as long as the removal takes, not two SSH logins.
-            with _phase(timings, "connect"):
-                conn = guest.connect(testbed.endpoint(st, owner))
-            try:
-                with _phase(timings, "freeze"):
-                    pids = _guest_freeze(conn, owner, reg)
-                with Hypervisor(st.uri) as hv, _phase(timings, "remove"):
-                    with contextlib.suppress(HypervisorError):  # already gone after an interrupted fail
-                        hv.qmp(dom, "device_del", id=reg.qom_id)
-                    _wait_gone(hv, dom, reg.qom_id)
-                    with contextlib.suppress(HypervisorError):
-                        hv.qmp(dom, "object-del", id=reg.qom_id)
-                with _phase(timings, "signal"):
-                    _guest_signal(conn, owner, reg, pids)
-            finally:
-                conn.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(reg.path)
-        reg.owner, reg.port, reg.state = None, None, "failed"
-        _save(st, reg, "failure injected", memory_blade=memory_blade, previous_owner=owner, sigbus=pids,
-              **{f"{k}_s": v for k, v in timings.items()})
-        if owner is not None:
-            with Hypervisor(st.uri) as hv:
-                _refresh_map(st, hv, owner, say)
+        return _fail(st, reg, say)
+
+
+def _fail(st: TestbedState, reg: Region, say: Say) -> tuple[Region, list[int], dict[str, float]]:
+    """fail_region's work, under the testbed's lock."""
+    timings: dict[str, float] = {}
+    owner, memory_blade = reg.owner, reg.memory_blade
+    reg.state = "failing"
+    _save(st, reg, "region failed", memory_blade=memory_blade)  # the moment of failure (the monitor reads it)
+    pids: list[int] = []
+    if owner is not None:
+        dom = st.blades[owner].domain
+        # One SSH connection for both guest steps: the processes stay stopped
+        # only as long as the removal takes, not two SSH logins.
+        with _phase(timings, "connect"):
+            conn = guest.connect(testbed.endpoint(st, owner))
+        try:
+            with _phase(timings, "freeze"):
+                pids = _guest_freeze(conn, owner, reg)
+            with Hypervisor(st.uri) as hv, _phase(timings, "remove"):
+                with contextlib.suppress(HypervisorError):  # already gone after an interrupted fail
+                    hv.qmp(dom, "device_del", id=reg.qom_id)
+                _wait_gone(hv, dom, reg.qom_id)
+                with contextlib.suppress(HypervisorError):
+                    hv.qmp(dom, "object-del", id=reg.qom_id)
+            with _phase(timings, "signal"):
+                _guest_signal(conn, owner, reg, pids)
+        finally:
+            conn.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(reg.path)
+    reg.owner, reg.port, reg.state = None, None, "failed"
+    _save(st, reg, "failure injected", memory_blade=memory_blade, previous_owner=owner, sigbus=pids,
+          **{f"{k}_s": v for k, v in timings.items()})
+    if owner is not None:
+        with Hypervisor(st.uri) as hv:
+            _refresh_map(st, hv, owner, say)
     told = {"shm": f"SIGBUS to pid {' '.join(map(str, pids))}" if pids else "no process mapped it",
             "fs": "its file system was shut down: its users get EIO"}[reg.kind]
     say(f"region {reg.name} of {memory_blade} failed" + (f" under {owner}: {told}" if owner else " (detached)"))

@@ -155,6 +155,8 @@ HOLD = ("setsid -f sh -c 'numactl --membind={n} ddc-ptrchase -s 16M -n 100000000
 
 
 def test_a_failed_memory_blade_signals_only_the_programs_on_it(rack: Path) -> None:
+    # A region of mb0 (on the other blade) goes down with it.
+    ddc("region", "attach", str(rack), "cb1", "--blade", "mb0", "--size", "64M", "--name", "mr")
     sh(rack, "cb0", "rm -f /tmp/rc0 /tmp/rc1; " + HOLD.format(n=0) + "; " + HOLD.format(n=1) + "; sleep 3")
     assert len(sh(rack, "cb0", "pgrep -x ddc-ptrchase").split()) == 2
     out = ddc("fail", str(rack), "mb0")
@@ -169,6 +171,9 @@ def test_a_failed_memory_blade_signals_only_the_programs_on_it(rack: Path) -> No
     events = regions(rack)["events"]
     assert any(e["event"] == "memory blade failed" and e["memory_blade"] == "mb0" for e in events)
     assert any(e["event"] == "machine checks injected" and e["blade"] == "cb0" and e["pages"] >= 1 for e in events)
+    regs = {r["name"]: r for r in regions(rack)["regions"]}
+    assert (regs["mr"]["owner"], regs["mr"]["state"]) == (None, "failed")
+    assert not sh(rack, "cb1", "ls /run/ddc/regions/mr 2>/dev/null; true").strip()
     sh(rack, "cb0", "pkill -x ddc-ptrchase; true")
 
 
@@ -288,34 +293,43 @@ def test_the_monitor_tells_a_memory_blades_contacts_within_a_second(rack: Path) 
         assert mon.stdout is not None
         first = mon.stdout.readline()
         assert "watching" in first and "mb0 -> cb1" in first, first
-        launched["blade"] = time.time()
-        ddc("fail", str(rack), "mb0")
-        line = mon.stdout.readline()
-        print(line.strip())
-        assert "mb0: memory blade failed" in line and "told cb1" in line, line
+        # One region first, then the whole blade (which fails its remaining regions too).
         launched["region"] = time.time()
         ddc("fail", str(rack), "mb0", "--region", "fm")
         line = mon.stdout.readline()
         print(line.strip())
         assert "mb0: region failed (fm)" in line and "told cb1" in line, line
+        launched["blade"] = time.time()
+        ddc("fail", str(rack), "mb0")
+        line = mon.stdout.readline()
+        print(line.strip())
+        assert "mb0: memory blade failed" in line and "told cb1" in line, line
     finally:
         mon.send_signal(signal.SIGTERM)
         mon.wait(timeout=30)
 
     told = [json.loads(x) for x in sh(rack, "cb1", "cat /run/ddc/events/mb0").splitlines()]
-    assert [(e["blade"], e["kind"], e.get("region")) for e in told] == [
-        ("mb0", "memory blade failed", None), ("mb0", "region failed", "fm")]
+    assert [(e["blade"], e["kind"], e.get("region")) for e in told[:2]] == [
+        ("mb0", "region failed", "fm"), ("mb0", "memory blade failed", None)]
+    assert all(e["kind"] == "region failed" for e in told[2:]), "then the regions the blade took down"
     events = regions(rack)["events"]
-    for what, failed_event, event in (("blade", "memory blade failed", told[0]), ("region", "region failed", told[1])):
-        happened = [e for e in events if e["event"] == failed_event][-1]["time"]
-        notified = [e for e in events if e["event"] == "failure notified" and e["kind"] == failed_event][-1]["time"]
+
+    def first(items: list[dict], **match: object) -> dict:
+        return next(e for e in items if all(e.get(k) == v for k, v in match.items()))
+
+    for what, happened_event, event in (
+            ("region", first(events, event="region failed", region="fm"), told[0]),
+            ("blade", [e for e in events if e["event"] == "memory blade failed"][-1], told[1])):
+        happened = happened_event["time"]
+        notified = first([e for e in events if e["time"] >= happened], event="failure notified",
+                         kind=event["kind"])["time"]
         # the fail command logs the failure when it starts, before it injects anything
         assert launched[what] < happened == event["happened"]
         print(f"mb0 {what} failed -> detected {(event['detected'] - happened) * 1000:.0f} ms, cb1 notified "
               f"{(notified - happened) * 1000:.0f} ms (from the launch of `ddc fail`: "
               f"{(notified - launched[what]) * 1000:.0f} ms)")
         assert 0 < event["detected"] - happened < notified - happened < 1.0, "under a second to notification"
-    assert sh(rack, "cb1", "cat /tmp/hook-ran").splitlines() == ["mb0 memory blade failed", "mb0 region failed fm"]
+    assert sh(rack, "cb1", "cat /tmp/hook-ran").splitlines()[:2] == ["mb0 region failed fm", "mb0 memory blade failed"]
 
 
 def test_accesses_to_a_region_count_on_its_memory_blade(rack: Path) -> None:
