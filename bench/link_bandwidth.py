@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tempfile
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,32 +44,24 @@ def main() -> int:
     threads = [int(t) for t in args.threads.split(",")]
 
     print(f"{'cap GB/s':>8} {'threads':>7} {'guest GB/s':>10} {'of cap':>7} {'queue s':>8}")
-    with tempfile.TemporaryDirectory() as tmp:
-        rack_file = Path(tmp) / "rack.yaml"
-        rack_file.write_text(yaml.safe_dump(RACK))
-        testbed.down(NAME)
-        try:
-            testbed.up(rack_file)
-            st = testbed.load_up(NAME)
-            conn = guest.connect(testbed.endpoint(st, "cb0"))
-            with plugin.Control(st.plugin_socket("cb0")) as ctl:
-                for cap in caps:
-                    for n in threads:
-                        ctl.request("set_link", blade="mb0", latency_ns=LOCAL_NS, bandwidth_gbps=cap)
-                        ctl.request("reset")
-                        out = guest.run(conn, f"numactl --membind=1 ddc-stream -t {n} -s 256M "
-                                              f"-d {args.seconds:g} -m lines", timeout=600, blade="cb0").stdout
-                        queue = sum(b["queue_ns"] for b in ctl.stats()["blades"]) / 1e9
-                        m = re.search(r"^threads=\d+ .* gbps=([\d.]+)$", out, re.M)
-                        if not m:
-                            print(out, file=sys.stderr)
-                            return 1
-                        gbps = float(m.group(1))
-                        share = f"{100 * gbps / cap:6.1f}%" if cap else "      -"
-                        print(f"{cap:8g} {n:7d} {gbps:10.3f} {share:>7} {queue:8.2f}", flush=True)
-            conn.close()
-        finally:
-            testbed.down(NAME)
+    with testbed.running(RACK) as st:
+        conn = guest.connect(testbed.endpoint(st, "cb0"))
+        with plugin.Control(st.plugin_socket("cb0")) as ctl:
+            for cap in caps:
+                for n in threads:
+                    ctl.request("set_link", blade="mb0", latency_ns=LOCAL_NS, bandwidth_gbps=cap)
+                    ctl.request("reset")
+                    out = guest.run(conn, f"numactl --membind=1 ddc-stream -t {n} -s 256M "
+                                          f"-d {args.seconds:g} -m lines", timeout=600, blade="cb0").stdout
+                    queue = sum(b["queue_ns"] for b in ctl.stats()["blades"]) / 1e9
+                    m = re.search(r"^threads=\d+ .* gbps=([\d.]+)$", out, re.M)
+                    if not m:
+                        print(out, file=sys.stderr)
+                        return 1
+                    gbps = float(m.group(1))
+                    share = f"{100 * gbps / cap:6.1f}%" if cap else "      -"
+                    print(f"{cap:8g} {n:7d} {gbps:10.3f} {share:>7} {queue:8.2f}", flush=True)
+        conn.close()
     return 0
 
 

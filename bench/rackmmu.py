@@ -21,8 +21,8 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -41,6 +41,34 @@ def ssh(st: testbed.TestbedState, blade: str, command: str, **kw: object) -> sub
     return subprocess.run(argv, check=True, capture_output=True, **kw)  # type: ignore[call-overload]
 
 
+def other(blade: str) -> str:
+    return "cb1" if blade == "cb0" else "cb0"
+
+
+def moves(op: Callable[..., tuple[object, dict[str, float]]], region: str, owner: str, times: int,
+          after: Callable[[str], object] | None = None) -> tuple[list[float], list[dict[str, float]], str]:
+    """Move ``region`` from ``owner`` to the other blade and back, ``times`` moves
+    in all, with ``op`` (rack.grant or rack.steal); each timed whole and by
+    phase. ``after(previous_owner)`` runs untimed after each move. Returns the
+    times, the phases and the last owner."""
+    totals, phases = [], []
+    for _ in range(times):
+        t0 = time.monotonic()
+        _, timings = op(NAME, region, other(owner))
+        totals.append(time.monotonic() - t0)
+        phases.append(timings)
+        if after is not None:
+            after(owner)
+        owner = other(owner)
+    return totals, phases, owner
+
+
+def phase_medians(phases: list[dict[str, float]]) -> str:
+    if not phases:
+        return ""
+    return ", ".join(f"{k} {statistics.median(p[k] for p in phases):.2f} s" for k in phases[0])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="64M,256M,1G")
@@ -53,65 +81,38 @@ def main() -> int:
     data = yaml.safe_load((ROOT / "examples" / "rack.yaml").read_text())
     data["name"] = NAME
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        rack_file = Path(tmp) / "rack.yaml"
-        rack_file.write_text(yaml.safe_dump(data))
-        testbed.down(NAME)
-        try:
-            testbed.up(rack_file)
-            st = testbed.load_up(NAME)
-            for i, size in enumerate(args.sizes.split(",")):
-                nbytes = parse_size(size)
-                name = f"b{i}"
-                rack.attach(NAME, "cb0", memory_blade="mb0", size=nbytes, region=name)
+    with testbed.running(data) as st:
+        for i, size in enumerate(args.sizes.split(",")):
+            nbytes = parse_size(size)
+            name = f"b{i}"
+            rack.attach(NAME, "cb0", memory_blade="mb0", size=nbytes, region=name)
+            t0 = time.monotonic()
+            ssh(st, "cb0", f"head -c {nbytes - 8} /dev/zero | ddc-region put {name}")
+            fill = time.monotonic() - t0
+            totals, phases, owner = moves(rack.grant, name, "cb0", args.grants)
+            copy = None
+            if nbytes <= parse_size(args.copy_up_to):
+                # The data path without shared memory: out of one blade, into another, over the network.
+                rack.attach(NAME, other(owner), memory_blade="mb0", size=nbytes, region=f"{name}c")
                 t0 = time.monotonic()
-                ssh(st, "cb0", f"head -c {nbytes - 8} /dev/zero | ddc-region put {name}")
-                fill = time.monotonic() - t0
-                totals, phases = [], []
-                owner = "cb0"
-                for _ in range(args.grants):
-                    to = "cb1" if owner == "cb0" else "cb0"
-                    t0 = time.monotonic()
-                    _, timings = rack.grant(NAME, name, to)
-                    totals.append(time.monotonic() - t0)
-                    phases.append(timings)
-                    owner = to
-                copy = None
-                if nbytes <= parse_size(args.copy_up_to):
-                    # The data path without shared memory: out of one blade, into another, over the network.
-                    rack.attach(NAME, "cb0" if owner == "cb1" else "cb1", memory_blade="mb0", size=nbytes,
-                                region=f"{name}c")
-                    other = "cb0" if owner == "cb1" else "cb1"
-                    t0 = time.monotonic()
-                    src = subprocess.Popen(testbed.endpoint(st, owner).ssh_argv("ddc-region", "get", name),
-                                           stdout=subprocess.PIPE)
-                    subprocess.run(testbed.endpoint(st, other).ssh_argv("ddc-region", "put", f"{name}c"),
-                                   stdin=src.stdout, check=True, capture_output=True)
-                    src.wait()
-                    copy = time.monotonic() - t0
-                    rack.detach(NAME, f"{name}c")
-                steals, steal_phases = [], []
-                for _ in range(args.steals):
-                    to = "cb1" if owner == "cb0" else "cb0"
-                    t0 = time.monotonic()
-                    _, timings = rack.steal(NAME, name, to)
-                    steals.append(time.monotonic() - t0)
-                    steal_phases.append(timings)
-                    testbed.restart_blade(NAME, owner)  # the fenced owner, for the next round
-                    owner = to
-                rack.detach(NAME, name)
-                med = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
-                steal_s = statistics.median(steals) if steals else None
-                rows.append((nbytes, statistics.median(totals), steal_s, copy, fill))
-                smed = {k: statistics.median(p[k] for p in steal_phases) for k in steal_phases[0]} if steals else {}
-                print(f"{format_size(nbytes):>5}: grant median {statistics.median(totals):.2f} s over "
-                      f"{args.grants} ({', '.join(f'{k} {v:.2f} s' for k, v in med.items())}); "
-                      f"steal {'-' if steal_s is None else f'{steal_s:.2f} s'} "
-                      f"({', '.join(f'{k} {v:.2f} s' for k, v in smed.items())}); "
-                      f"copy over SSH {'-' if copy is None else f'{copy:.1f} s'}; fill in guest {fill:.1f} s",
-                      flush=True)
-        finally:
-            testbed.down(NAME)
+                src = subprocess.Popen(testbed.endpoint(st, owner).ssh_argv("ddc-region", "get", name),
+                                       stdout=subprocess.PIPE)
+                subprocess.run(testbed.endpoint(st, other(owner)).ssh_argv("ddc-region", "put", f"{name}c"),
+                               stdin=src.stdout, check=True, capture_output=True)
+                src.wait()
+                copy = time.monotonic() - t0
+                rack.detach(NAME, f"{name}c")
+            # the fenced owner is restarted for the next round
+            steals, steal_phases, owner = moves(rack.steal, name, owner, args.steals,
+                                                after=lambda fenced: testbed.restart_blade(NAME, fenced))
+            rack.detach(NAME, name)
+            steal_s = statistics.median(steals) if steals else None
+            rows.append((nbytes, statistics.median(totals), steal_s, copy, fill))
+            print(f"{format_size(nbytes):>5}: grant median {statistics.median(totals):.2f} s over "
+                  f"{args.grants} ({phase_medians(phases)}); "
+                  f"steal {'-' if steal_s is None else f'{steal_s:.2f} s'} ({phase_medians(steal_phases)}); "
+                  f"copy over SSH {'-' if copy is None else f'{copy:.1f} s'}; fill in guest {fill:.1f} s",
+                  flush=True)
     print("\nsize    grant (s)   steal (s)   copy over the network (s)")
     for nbytes, grant_s, steal_s, copy_s, _ in rows:
         print(f"{format_size(nbytes):>5}   {grant_s:9.2f}   {'-' if steal_s is None else f'{steal_s:9.2f}'}   "

@@ -28,7 +28,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,40 +76,33 @@ def main() -> int:
     data = yaml.safe_load((ROOT / "examples" / "rack.yaml").read_text())
     data["name"] = NAME
     steal_s, resend_s = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        rack_file = Path(tmp) / "rack.yaml"
-        rack_file.write_text(yaml.safe_dump(data))
-        testbed.down(NAME)
-        try:
-            testbed.up(rack_file)
-            for run in range(args.runs):
-                st = testbed.load_up(NAME)
-                region = f"aof{run}"
-                rack.attach(NAME, "cb0", memory_blade="mb0", size="256M", region=region, kind="fs")
-                where = f"/run/ddc/regions/{region}"
-                sh(st, "cb0", f"{redis(where, 6400)} && {load(args.keys, 6400)}")
-                assert sh(st, "cb0", "redis-cli -p 6400 dbsize").strip() == str(args.keys)
+    with testbed.running(data) as st:
+        for run in range(args.runs):
+            st = testbed.load_up(NAME)
+            region = f"aof{run}"
+            rack.attach(NAME, "cb0", memory_blade="mb0", size="256M", region=region, kind="fs")
+            where = f"/run/ddc/regions/{region}"
+            sh(st, "cb0", f"{redis(where, 6400)} && {load(args.keys, 6400)}")
+            assert sh(st, "cb0", "redis-cli -p 6400 dbsize").strip() == str(args.keys)
 
-                killed = kill_qemu(st, "cb0")
-                rack.steal(NAME, region, "cb1")
-                sh(st, "cb1", redis(where, 6400))
-                steal_s.append(time.monotonic() - killed)
-                assert sh(st, "cb1", "redis-cli -p 6400 dbsize").strip() == str(args.keys)
+            killed = kill_qemu(st, "cb0")
+            rack.steal(NAME, region, "cb1")
+            sh(st, "cb1", redis(where, 6400))
+            steal_s.append(time.monotonic() - killed)
+            assert sh(st, "cb1", "redis-cli -p 6400 dbsize").strip() == str(args.keys)
 
-                # The same loss, recovered the other way: a fresh server, the client sends everything again.
-                start = time.monotonic()
-                sh(st, "cb1", f"{redis(f'/var/lib/ddc-bench-{run}', 6401)} && {load(args.keys, 6401)}")
-                resend_s.append(time.monotonic() - start)
-                assert sh(st, "cb1", "redis-cli -p 6401 dbsize").strip() == str(args.keys)
+            # The same loss, recovered the other way: a fresh server, the client sends everything again.
+            start = time.monotonic()
+            sh(st, "cb1", f"{redis(f'/var/lib/ddc-bench-{run}', 6401)} && {load(args.keys, 6401)}")
+            resend_s.append(time.monotonic() - start)
+            assert sh(st, "cb1", "redis-cli -p 6401 dbsize").strip() == str(args.keys)
 
-                sh(st, "cb1", "redis-cli -p 6400 shutdown nosave; redis-cli -p 6401 shutdown nosave; "
-                              f"rm -rf /var/lib/ddc-bench-{run}; true")
-                rack.detach(NAME, region)
-                testbed.restart_blade(NAME, "cb0")
-                print(f"run {run + 1}: steal {steal_s[-1]:.2f} s (kill to serving), "
-                      f"re-send {resend_s[-1]:.2f} s (fresh server + {args.keys} writes)", flush=True)
-        finally:
-            testbed.down(NAME)
+            sh(st, "cb1", "redis-cli -p 6400 shutdown nosave; redis-cli -p 6401 shutdown nosave; "
+                          f"rm -rf /var/lib/ddc-bench-{run}; true")
+            rack.detach(NAME, region)
+            testbed.restart_blade(NAME, "cb0")
+            print(f"run {run + 1}: steal {steal_s[-1]:.2f} s (kill to serving), "
+                  f"re-send {resend_s[-1]:.2f} s (fresh server + {args.keys} writes)", flush=True)
     print(f"\n{args.keys} keys, appendfsync always, {args.runs} runs")
     print(f"steal:   median {statistics.median(steal_s):.2f} s (kill -> redis serving every key on cb1)")
     print(f"re-send: median {statistics.median(resend_s):.2f} s (fresh redis on cb1 + the client writes again)")

@@ -15,13 +15,16 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from . import image as images
 from . import keys, memmap, paths, plugin, pools, state
@@ -253,6 +256,24 @@ def _create(rack: Rack, st: TestbedState, img: images.GuestImage, lib: Path | No
                 ctl.request("reset")
         say(f"latency plugin active on every blade (mode {rack.mode})")
     return boot
+
+
+@contextlib.contextmanager
+def running(data: dict[str, Any], *, say: Say = _quiet) -> Iterator[TestbedState]:
+    """A testbed made from ``data`` (a testbed file's mapping), up for the
+    ``with`` block and down after it, whatever happens in it; what an earlier,
+    interrupted run of the same name left goes first. For scripts such as the
+    benchmarks in bench/."""
+    name = data["name"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        down(name)
+        try:
+            up(path, say=say)
+            yield load_up(name)
+        finally:
+            down(name)
 
 
 def restart_blade(name: str, blade: str, *, say: Say = _quiet, boot_timeout: float = BOOT_TIMEOUT) -> float:
