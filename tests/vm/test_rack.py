@@ -3,6 +3,7 @@ two blades, bytes checked from inside the guests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -177,17 +178,36 @@ def test_a_failed_memory_blade_signals_only_the_programs_on_it(rack: Path) -> No
     sh(rack, "cb0", "pkill -x ddc-ptrchase; true")
 
 
-def test_the_monitor_tells_emergency_contacts_within_a_second(rack: Path) -> None:
-    ddc("contacts", str(rack), "cb0", "--notify", "cb1")
+@contextlib.contextmanager
+def monitoring(rack: Path, blade: str) -> Iterator[Callable[[], str]]:
+    """``blade``'s failures told to cb1 (whose hook appends its arguments to
+    /tmp/hook-ran), and ``ddc monitor`` running for the ``with`` block; yields
+    a function that returns the monitor's next line (and prints it)."""
+    ddc("contacts", str(rack), blade, "--notify", "cb1")
     sh(rack, "cb1", "rm -rf /run/ddc/events; mkdir -p /etc/ddc; "
-                    "printf '#!/bin/sh\\necho \"$1 $2\" > /tmp/hook-ran\\n' > /etc/ddc/on-failure; "
+                    "printf '#!/bin/sh\\necho \"$*\" >> /tmp/hook-ran\\n' > /etc/ddc/on-failure; "
                     "chmod +x /etc/ddc/on-failure; rm -f /tmp/hook-ran")
     mon = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "monitor", str(rack)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert mon.stdout is not None
+    out = mon.stdout
+
+    def next_line() -> str:
+        line = out.readline()
+        print(line.strip())
+        return line
+
     try:
-        assert mon.stdout is not None
-        first = mon.stdout.readline()
-        assert "watching" in first and "cb0 -> cb1" in first, first
+        first = out.readline()
+        assert "watching" in first and f"{blade} -> cb1" in first, first
+        yield next_line
+    finally:
+        mon.send_signal(signal.SIGTERM)
+        mon.wait(timeout=30)
+
+
+def test_the_monitor_tells_emergency_contacts_within_a_second(rack: Path) -> None:
+    with monitoring(rack, "cb0") as next_line:
         st = state.load(NAME)
         assert st is not None
         with Hypervisor(st.uri) as hv:
@@ -195,12 +215,8 @@ def test_the_monitor_tells_emergency_contacts_within_a_second(rack: Path) -> Non
         assert pid is not None
         killed = time.time()
         os.kill(pid, signal.SIGKILL)
-        line = mon.stdout.readline()
-        print(line.strip())
+        line = next_line()
         assert "cb0: compute blade stopped" in line and "told cb1" in line, line
-    finally:
-        mon.send_signal(signal.SIGTERM)
-        mon.wait(timeout=30)
     event = json.loads(sh(rack, "cb1", "cat /run/ddc/events/cb0").splitlines()[-1])
     assert event["blade"] == "cb0"
     detected = event["detected"] - killed
@@ -281,32 +297,18 @@ def test_region_fail_signals_only_the_programs_that_map_it(rack: Path) -> None:
 
 
 def test_the_monitor_tells_a_memory_blades_contacts_within_a_second(rack: Path) -> None:
-    ddc("contacts", str(rack), "mb0", "--notify", "cb1")
-    sh(rack, "cb1", "rm -rf /run/ddc/events; mkdir -p /etc/ddc; "
-                    "printf '#!/bin/sh\\necho \"$*\" >> /tmp/hook-ran\\n' > /etc/ddc/on-failure; "
-                    "chmod +x /etc/ddc/on-failure; rm -f /tmp/hook-ran")
     ddc("region", "attach", str(rack), "cb0", "--blade", "mb0", "--size", "64M", "--name", "fm")
-    mon = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "monitor", str(rack)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     launched = {}
-    try:
-        assert mon.stdout is not None
-        first = mon.stdout.readline()
-        assert "watching" in first and "mb0 -> cb1" in first, first
+    with monitoring(rack, "mb0") as next_line:
         # One region first, then the whole blade (which fails its remaining regions too).
         launched["region"] = time.time()
         ddc("fail", str(rack), "mb0", "--region", "fm")
-        line = mon.stdout.readline()
-        print(line.strip())
+        line = next_line()
         assert "mb0: region failed (fm)" in line and "told cb1" in line, line
         launched["blade"] = time.time()
         ddc("fail", str(rack), "mb0")
-        line = mon.stdout.readline()
-        print(line.strip())
+        line = next_line()
         assert "mb0: memory blade failed" in line and "told cb1" in line, line
-    finally:
-        mon.send_signal(signal.SIGTERM)
-        mon.wait(timeout=30)
 
     told = [json.loads(x) for x in sh(rack, "cb1", "cat /run/ddc/events/mb0").splitlines()]
     assert [(e["blade"], e["kind"], e.get("region")) for e in told[:2]] == [
