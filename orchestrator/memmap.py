@@ -46,6 +46,12 @@ def memdev_id(node: int) -> str:
     return LOCAL_MEMDEV if node == 0 else f"ddc-node{node}"
 
 
+def region_id(name: str) -> str:
+    """The QEMU object id of a Rack MMU region's memory backend, and of its
+    ivshmem device (see rack.py)."""
+    return f"ddc-region-{name}"
+
+
 @dataclass(frozen=True)
 class Range:
     start: int

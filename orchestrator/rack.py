@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import guest, pools, state, testbed
+from . import guest, memmap, pools, state, testbed
 from .errors import DdcError, GuestError, HypervisorError, SpecError, StateError
 from .hypervisor import Hypervisor
 from .render import REGION_PORT_PREFIX
@@ -71,7 +71,7 @@ class Region:
 
     @property
     def qom_id(self) -> str:
-        return f"ddc-region-{self.name}"
+        return memmap.region_id(self.name)
 
 
 def regions(st: TestbedState) -> list[Region]:

@@ -242,7 +242,7 @@ def _create(rack: Rack, st: TestbedState, img: images.GuestImage, lib: Path | No
         # memory layout before the guest runs.
         hv.start(cfg.blade.domain, paused=True)
         if lib is not None:
-            _load_map(hv, st, cfg.blade)
+            _load_map(hv, st, rack, cfg.blade)
         hv.resume(cfg.blade.domain)
         say(f"compute blade {cfg.blade.name}: started ({st.accel}), ssh on 127.0.0.1:{cfg.ssh_port}")
 
@@ -283,12 +283,13 @@ def restart_blade(name: str, blade: str, *, say: Say = _quiet, boot_timeout: flo
     file's link settings. Returns the seconds until SSH answered."""
     st = load_up(name)
     endpoint(st, blade)  # validates the name
-    cb = next(b for b in plan(st.spec_file).rack.compute_blades if b.name == blade)
+    rack = plan(st.spec_file).rack
+    cb = next(b for b in rack.compute_blades if b.name == blade)
     with state.locked(name), Hypervisor(st.uri) as hv:
         hv.destroy(cb.domain)  # a crashed or paused QEMU may linger
         hv.start(cb.domain, paused=True)
         if st.plugin:
-            _load_map(hv, st, cb)
+            _load_map(hv, st, rack, cb)
         hv.resume(cb.domain)
         seconds = wait_ready(endpoint(st, blade), boot_timeout,
                              lambda: hv.state(cb.domain) in ("running", "paused", "blocked"))
@@ -300,7 +301,7 @@ def restart_blade(name: str, blade: str, *, say: Say = _quiet, boot_timeout: flo
     return seconds
 
 
-def _load_map(hv: Hypervisor, st: TestbedState, blade: ComputeBlade) -> None:
+def _load_map(hv: Hypervisor, st: TestbedState, rack: Rack, blade: ComputeBlade) -> None:
     """Give the blade's plugin its address map, in the plugin's terms: its NUMA
     nodes, and the Rack MMU regions it owns (see ``load_map``)."""
     ramblocks = hv.hmp(blade.domain, "info ramblock")
@@ -309,14 +310,13 @@ def _load_map(hv: Hypervisor, st: TestbedState, blade: ComputeBlade) -> None:
     links = []
     if owned:
         pci = hv.qmp(blade.domain, "query-pci")
-        rack = plan(st.spec_file).rack
         # A region counts on its memory blade's NUMA node; one from a memory
         # blade this blade has no node of gets a node number after its own.
         numa = {n.memory_blade: n.id for n in blade.nodes if n.memory_blade}
         others = [mb for mb in rack.memory_blades if mb.name not in numa]
         node_of = numa | {mb.name: len(blade.nodes) + i for i, mb in enumerate(others)}
         for reg in owned:
-            ranges.append(memmap.region_range(f"ddc-region-{reg['name']}", node_of[reg["memory_blade"]],
+            ranges.append(memmap.region_range(memmap.region_id(reg["name"]), node_of[reg["memory_blade"]],
                                               reg["memory_blade"], ramblocks, pci))
         links = [mb for mb in others if any(r["memory_blade"] == mb.name for r in owned)]
     with plugin.Control(st.plugin_socket(blade.name)) as ctl:
@@ -331,7 +331,8 @@ def load_map(hv: Hypervisor, st: TestbedState, blade: str) -> None:
     access to a region counts (and is delayed) as one to its memory blade. A
     testbed without the plugin (KVM) has nothing to refresh."""
     if st.plugin:
-        _load_map(hv, st, next(b for b in plan(st.spec_file).rack.compute_blades if b.name == blade))
+        rack = plan(st.spec_file).rack
+        _load_map(hv, st, rack, next(b for b in rack.compute_blades if b.name == blade))
 
 
 def domain_config(rack: Rack, blade: ComputeBlade, st: TestbedState, img: images.GuestImage,
