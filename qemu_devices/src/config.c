@@ -244,6 +244,7 @@ int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbp
         uint64_t tx = *bw_gbps > 0 ? (uint64_t)(llc_line_bytes() * 1000.0 / *bw_gbps + 0.5) : 0;
         b->bandwidth_gbps = *bw_gbps;
         if (tx) {
+            link_clock_init();
             /* The slot shape, from tx: the access path only reads it. */
             uint64_t cap = (LINK_SLOT_PS + tx - 1) / tx, slot = cap * tx, burst = LINK_BURST_PS / slot;
             STORE(&b->slot_cap, cap);

@@ -52,7 +52,10 @@ uint64_t mono_ns(void)
  * line streams in about 30); the TSC costs about 10.  It is used only where
  * the kernel says it ticks at a constant rate through idle states
  * (constant_tsc and nonstop_tsc), scaled by a rate measured against
- * CLOCK_MONOTONIC at install; elsewhere the link reads CLOCK_MONOTONIC.
+ * CLOCK_MONOTONIC (20 ms) when a link is first capped; elsewhere the link
+ * reads CLOCK_MONOTONIC.  blade_set calls link_clock_init before it
+ * publishes the link's tx_ps (release), and charge reads tx_ps (acquire)
+ * before the clock, so a vCPU never sees half a calibration.
  */
 #if defined(__x86_64__)
 #include <x86intrin.h>
@@ -77,11 +80,16 @@ static bool tsc_usable(void)
     return constant && nonstop;
 }
 
-static void link_clock_init(void)
+void link_clock_init(void)
 {
+    static bool done;
     uint64_t t0, t1, c0, c1;
     struct timespec pause = { 0, 20 * 1000 * 1000 };
 
+    if (done) {
+        return;
+    }
+    done = true;
     if (!tsc_usable()) {
         return;
     }
@@ -106,7 +114,7 @@ static inline uint64_t link_now_ns(void)
     return mono_ns() - g.t0_ns;
 }
 #else
-static void link_clock_init(void)
+void link_clock_init(void)
 {
 }
 
@@ -753,7 +761,6 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         return -1;
     }
     g.acct_active = g.active;
-    link_clock_init();
     for (unsigned i = 0; i < g.nlevels; i++) {
         if (g.levels[i].shared && cache_init(&g.shared[i], &g.levels[i])) {
             fprintf(stderr, "libddc: out of memory for the shared %s\n", g.levels[i].name);

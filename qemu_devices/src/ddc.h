@@ -225,6 +225,7 @@ enum { SW_DONE, SW_WAIT, SW_ARM };  /* switch_request() */
 
 /* time */
 uint64_t mono_ns(void);
+void link_clock_init(void);   /* once, before the first capped link (ddc.c) */
 
 /* ddc.c: activation, called by the control thread.  switch_request (under
  * ctl_lock) returns SW_DONE when the state asked for is already in effect,
