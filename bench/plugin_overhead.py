@@ -4,18 +4,24 @@ contrib cache plugin: one table of medians, printed, never asserted.
     .venv/bin/python bench/plugin_overhead.py [--reps 5] [--scale 1.0]
     .venv/bin/python bench/plugin_overhead.py --system [--kernel VMLINUX]
 
-User mode (qemu-x86_64) on the static workloads in bench/progs/: a pointer
-chase, a strided stream and a store loop.  Each repetition runs every
-(workload, variant) pair once, in an order rotated from one repetition to the
-next, so a burst of load from the other users of the host spreads over all
-variants instead of landing on one; the table shows medians.
+Workloads: the project's pointer-chase probe (workloads/src/ddc-ptrchase.c,
+64 MiB, built static here), `sysbench memory` (Debian's, sequential writes
+of a 64 MiB block) and a store loop, the three the issue names, plus two
+loops that stress the cache model (bench/progs/overhead_loops.c): a chase
+that misses the L1 and hits the L2 on every load, and a strided stream.
+
+User mode (qemu-x86_64) runs each workload as its own process.  Each
+repetition runs every (workload, variant) pair once, in an order rotated from
+one repetition to the next, so a burst of load from the other users of the
+host spreads over all variants instead of landing on one; the table shows
+medians.
 
 --system boots qemu-system-x86_64 (TCG, -smp 2, as a compute blade) on a
 kernel (default: the first /var/lib/ddc/images/*/vmlinux) with a throwaway
-initramfs whose /init is the same program: it runs the three workloads one
-after the other, times each with the guest's clock (boot excluded), prints
-the times on the serial console and powers off.  One boot per (repetition,
-variant).
+initramfs (the probe, sysbench and its libraries) whose /init is
+overhead_loops: it runs the workloads one after the other, times each with
+the guest's clock (boot excluded), prints the times on the serial console and
+powers off.  One boot per (repetition, variant).
 
 Variants:
   plain   no plugin
@@ -56,10 +62,58 @@ QEMU_USER = "qemu-x86_64"
 QEMU_SYSTEM = "qemu-system-x86_64"
 KERNEL_GLOB = "/var/lib/ddc/images/*/vmlinux"
 LOOPS_SRC = REPO / "bench" / "progs" / "overhead_loops.c"
+PROBE_SRC = REPO / "workloads" / "src" / "ddc-ptrchase.c"
+SYSBENCH = Path("/usr/bin/sysbench")
 
-# Iterations per workload at --scale 1: 0.2-0.4 s of plain TCG each here
-# (contrib cache.c takes 30-50 times that).
-WORKLOADS: dict[str, int] = {"chase": 30_000_000, "stream": 60_000_000, "store": 60_000_000}
+
+@dataclass(frozen=True)
+class Workload:
+    """A loop of overhead_loops (``program`` empty), or another program whose
+    argv names it by its key in ``Programs`` and has ``{size}`` where the
+    size goes."""
+
+    name: str
+    size: int
+    program: tuple[str, ...] = ()
+
+    def scaled(self, scale: float) -> Workload:
+        return Workload(self.name, max(1, int(self.size * scale)), self.program)
+
+    def _argv(self, where: dict[str, str]) -> list[str]:
+        return [where[self.program[0]], *(a.format(size=self.size) for a in self.program[1:])]
+
+    def host_argv(self, programs: Programs) -> list[str]:
+        if not self.program:
+            return [str(programs.loops), self.name, str(self.size)]
+        return self._argv(programs.host)
+
+    def spec(self, programs: Programs) -> str:
+        """The guest /init's argument for this workload."""
+        if not self.program:
+            return f"{self.name}={self.size}"
+        return f"{self.name}=" + ",".join(self._argv(programs.guest))
+
+
+@dataclass(frozen=True)
+class Programs:
+    """Where the workloads' programs are: on the host, and in the initramfs."""
+
+    loops: Path
+    host: dict[str, str]
+    guest: dict[str, str]
+
+
+# At --scale 1, each takes 0.2-0.6 s of plain TCG here in user mode, more in
+# system mode (contrib cache.c takes 15-80 times that).
+WORKLOADS = [
+    Workload("probe", 1_000_000, ("ddc-ptrchase", "-s", "64M", "-n", "{size}", "-r", "1")),
+    Workload("sysbench", 2048, ("sysbench", "memory", "--threads=1", "--memory-block-size=64M",
+                                "--memory-total-size={size}M", "--memory-oper=write",
+                                "--memory-access-mode=seq", "run")),
+    Workload("store", 60_000_000),
+    Workload("chase", 30_000_000),
+    Workload("stream", 60_000_000),
+]
 
 DDC_OPTS = ["mode=account", "local_ns=0", "cache=l1d:32K:8:64:private;l2:1M:16:64:private;llc:16M:16:64:shared"]
 CACHE_OPTS = ["dcachesize=32768", "dassoc=8", "dblksize=64", "icachesize=32768", "iassoc=8", "iblksize=64",
@@ -82,11 +136,11 @@ class Variant:
         # QEMU splits -plugin at commas; write a literal one as ",,".
         return ["-plugin", ",".join([str(self.plugin), *(o.replace(",", ",,") for o in self.opts)])]
 
-    def argv(self, prog: Path, workload: str, n: int) -> list[str]:
-        return [QEMU_USER, *self.plugin_args(), str(prog), workload, str(n)]
+    def argv(self, workload: Workload, programs: Programs) -> list[str]:
+        return [QEMU_USER, *self.plugin_args(), *workload.host_argv(programs)]
 
-    def system_argv(self, kernel: Path, initrd: Path, counts: Sequence[int]) -> list[str]:
-        append = "console=ttyS0 quiet panic=-1 -- all " + " ".join(str(n) for n in counts)
+    def system_argv(self, kernel: Path, initrd: Path, specs: Sequence[str]) -> list[str]:
+        append = "console=ttyS0 quiet panic=-1 -- all " + " ".join(specs)
         return [QEMU_SYSTEM, "-accel", "tcg", "-smp", "2", "-m", "512", "-nodefaults", "-display", "none",
                 "-no-reboot", "-serial", "stdio", "-monitor", "none", "-kernel", str(kernel),
                 "-initrd", str(initrd), "-append", append, *self.plugin_args()]
@@ -125,8 +179,10 @@ def build_contrib_cache(out: Path) -> Path:
 
 
 def cpio_newc(files: dict[str, bytes]) -> bytes:
-    """An uncompressed initramfs (newc cpio) of regular executable files."""
+    """An uncompressed initramfs (newc cpio) of regular executable files, and
+    the directories they are in."""
     out = bytearray()
+    dirs = sorted({str(parent) for name in files for parent in Path(name).parents if str(parent) != "."})
 
     def entry(name: str, mode: int, data: bytes, ino: int) -> None:
         fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
@@ -135,22 +191,39 @@ def cpio_newc(files: dict[str, bytes]) -> bytes:
         out.extend(data)
         out.extend(b"\0" * (-len(out) % 4))
 
-    for ino, (name, data) in enumerate(files.items(), start=1):
+    for ino, name in enumerate(dirs, start=1):
+        entry(name, 0o040755, b"", ino)
+    for ino, (name, data) in enumerate(files.items(), start=len(dirs) + 1):
         entry(name, 0o100755, data, ino)
     entry("TRAILER!!!", 0, b"", 0)
     return bytes(out)
 
 
-def system_times(argv: Sequence[str]) -> dict[str, float]:
+def shared_libraries(program: Path) -> dict[str, Path]:
+    """What the dynamic loader maps for ``program``: initramfs path -> host file
+    (the libraries go to /lib, where /init points LD_LIBRARY_PATH)."""
+    libs: dict[str, Path] = {}
+    for line in run(["ldd", str(program)]).stdout.splitlines():
+        words = line.split()
+        if "=>" in words and words[words.index("=>") + 1].startswith("/"):
+            host = Path(words[words.index("=>") + 1])
+            libs[f"lib/{host.name}"] = host.resolve()
+        elif words and words[0].startswith("/"):   # the loader itself, at its fixed path
+            libs[words[0].lstrip("/")] = Path(words[0]).resolve()
+    return libs
+
+
+def system_times(argv: Sequence[str], names: Sequence[str]) -> dict[str, float]:
     """Boot once; the guest's own times per workload, from its console."""
-    proc = run(argv, timeout=600)
+    proc = run(argv, timeout=1800)
     times = {}
     for line in proc.stdout.splitlines():
-        if line.startswith("overhead_loops: "):
-            _, name, sec, _ = line.split()
-            times[name] = float(sec)
-    if len(times) != 3:
-        raise BenchError(f"{shlex.join(argv)}: the guest printed no times:\n{proc.stdout[-2000:]}")
+        words = line.split()
+        if line.startswith("overhead_loops: ") and words[2] != "failed":
+            times[words[1]] = float(words[2])
+    if sorted(times) != sorted(names):
+        raise BenchError(f"{shlex.join(argv)}: the guest timed {sorted(times)}, not {sorted(names)}:\n"
+                         f"{proc.stdout[-3000:]}")
     return times
 
 
@@ -164,21 +237,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions (default 5)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every workload's length")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    ap.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS), help="comma-separated subset")
     ap.add_argument("--skip-cache", action="store_true", help="leave contrib cache.c out (it is slow)")
     ap.add_argument("--system", action="store_true", help="qemu-system-x86_64 with a kernel and an initramfs")
     ap.add_argument("--kernel", type=Path, help=f"the kernel for --system (default: first of {KERNEL_GLOB})")
     ap.add_argument("--debug", action="store_true", help="log every command")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
-    workloads = {w: max(1, int(WORKLOADS[w] * args.scale)) for w in args.workloads.split(",")}
+    known = {w.name: w for w in WORKLOADS}
+    unknown = sorted(set(args.workloads.split(",")) - set(known))
+    if unknown:
+        ap.error(f"--workloads: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    workloads = [known[name].scaled(args.scale) for name in args.workloads.split(",")]
 
     try:
+        if any(w.program[:1] == ("sysbench",) for w in workloads) and not SYSBENCH.is_file():
+            raise BenchError(f"{SYSBENCH} not found: apt-get install sysbench, or leave it out with --workloads")
         run(["make", "-s", "-C", str(DEVICES)])
         with tempfile.TemporaryDirectory(prefix="ddc-overhead-") as tmp:
             out = Path(tmp)
-            prog = out / "overhead_loops"
-            run(["gcc", "-O2", "-static", "-o", str(prog), str(LOOPS_SRC)])
+            loops, probe = out / "overhead_loops", out / "ddc-ptrchase"
+            run(["gcc", "-O2", "-static", "-o", str(loops), str(LOOPS_SRC)])
+            run(["gcc", "-O2", "-static", "-o", str(probe), str(PROBE_SRC)])
+            programs = Programs(loops, host={"ddc-ptrchase": str(probe), "sysbench": str(SYSBENCH)},
+                                guest={"ddc-ptrchase": "/ddc-ptrchase", "sysbench": "/sysbench"})
             variants = [
                 Variant("plain", None),
                 Variant("floor", DEVICES / "build" / "libfloor.so"),
@@ -188,30 +270,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             if not args.skip_cache:
                 variants.append(Variant("cache", build_contrib_cache(out), tuple(CACHE_OPTS)))
-            times: dict[tuple[str, str], list[float]] = {(w, v.name): [] for w in workloads for v in variants}
+            times: dict[tuple[str, str], list[float]] = {(w.name, v.name): [] for w in workloads for v in variants}
             if args.system:
                 kernel = args.kernel or next((Path(k) for k in sorted(glob.glob(KERNEL_GLOB))), None)
                 if kernel is None or not kernel.is_file():
                     raise BenchError(f"no kernel for --system: give --kernel (none matches {KERNEL_GLOB})")
-                if list(workloads) != list(WORKLOADS):
-                    raise BenchError("--system runs every workload; leave --workloads out")
                 # A private copy: the images directory belongs to the
                 # orchestrator, which may rebuild it while we run.
                 kernel = Path(shutil.copy(kernel, out / "vmlinux"))
+                files = {"init": loops, "ddc-ptrchase": probe, "sysbench": SYSBENCH, **shared_libraries(SYSBENCH)}
                 initrd = out / "initramfs.cpio"
-                initrd.write_bytes(cpio_newc({"init": prog.read_bytes()}))
+                initrd.write_bytes(cpio_newc({name: path.read_bytes() for name, path in files.items()}))
+                specs = [w.spec(programs) for w in workloads]
                 for rep in range(args.reps):
                     k = rep % len(variants)
                     for v in variants[k:] + variants[:k]:
-                        for w, sec in system_times(v.system_argv(kernel, initrd, list(workloads.values()))).items():
-                            times[w, v.name].append(sec)
+                        names = [w.name for w in workloads]
+                        for name, sec in system_times(v.system_argv(kernel, initrd, specs), names).items():
+                            times[name, v.name].append(sec)
                     LOG.info("repetition %d/%d done", rep + 1, args.reps)
             else:
                 pairs = [(w, v) for w in workloads for v in variants]
                 for rep in range(args.reps):
                     k = rep % len(pairs)
                     for w, v in pairs[k:] + pairs[:k]:
-                        times[w, v.name].append(timed(v.argv(prog, w, workloads[w])))
+                        times[w.name, v.name].append(timed(v.argv(w, programs)))
                     LOG.info("repetition %d/%d done", rep + 1, args.reps)
     except BenchError as exc:
         print(f"plugin_overhead: {exc}", file=sys.stderr)
@@ -224,13 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{QEMU_USER}, {args.reps} interleaved runs each, median wall seconds "
               "(process start included); host shared, so expect noise")
     print(f"{'workload':<8} {'variant':<7} {'seconds':>8} {'min':>7} {'max':>7} {'x plain':>8} {'x floor':>8}")
-    for w, n in workloads.items():
-        med = {v.name: statistics.median(times[w, v.name]) for v in variants}
+    for w in workloads:
+        med = {v.name: statistics.median(times[w.name, v.name]) for v in variants}
         for v in variants:
-            ts = times[w, v.name]
-            print(f"{w:<8} {v.name:<7} {med[v.name]:8.3f} {min(ts):7.3f} {max(ts):7.3f} "
+            ts = times[w.name, v.name]
+            print(f"{w.name:<8} {v.name:<7} {med[v.name]:8.3f} {min(ts):7.3f} {max(ts):7.3f} "
                   f"{med[v.name] / med['plain']:8.2f} {med[v.name] / med['floor']:8.2f}")
-        print(f"{'':<8} ({n:,} iterations)")
+        print(f"{'':<8} ({shlex.join(w.host_argv(programs)[1:]) if w.program else f'{w.size:,} iterations'})")
     return 0
 
 

@@ -9,6 +9,7 @@ PACKAGES=(
   mmdebstrap e2fsprogs cpio zstd                  # guest images
   openssh-client                                  # `ddc ssh`
   gcc make dpkg-dev libglib2.0-dev                # the plugin and the probes
+  sysbench                                        # bench/plugin_overhead.py runs it in a bare guest
   python3-venv
 )
 
