@@ -28,6 +28,7 @@ struct ddc g = {
     .local_ns = 100,
     .batch_ns = 20000,
     .count_insns = true,
+    .hw_direct = true,
     .active = true,
     .want = true,
     .ctl_lock = PTHREAD_MUTEX_INITIALIZER,
@@ -454,11 +455,133 @@ static inline struct vcpu *vcpu_of(unsigned int idx)
     return idx < MAX_VCPUS ? __atomic_load_n(&g.vcpus[idx], __ATOMIC_RELAXED) : NULL;
 }
 
+/*
+ * Physical addresses (system mode).
+ *
+ * qemu_plugin_hwaddr_phys_addr() looks up the RAMBlock that holds the
+ * access's host address (qemu_ram_block_from_host) on every call: with
+ * qemu_plugin_hwaddr_is_io() that is a third of what a store loop costs
+ * under the floor plugin.  The physical address of a RAM access is its host
+ * address plus an offset that is the same across a host page, and that
+ * depends only on which RAMBlock is mapped there and where its region sits,
+ * never on the guest's page tables (get_hwaddr still translates every
+ * access through QEMU's TLB, so a guest page-table change is always seen).
+ * So each vCPU remembers, for the last HW_MEMO host pages it touched,
+ * host page -> offset.
+ *
+ * Exactness:
+ *  - RAMBlocks come and go only when a region is plugged or unplugged, and
+ *    the orchestrator installs a new map after each (set_map); a vCPU
+ *    empties its memo when it sees a new map, so no memo outlives the block
+ *    it was filled from;
+ *  - every vCPU's first HW_CHECKS accesses, and then one memo hit in
+ *    HW_CHECK_EVERY, are checked against the API; a stale entry (a region
+ *    moved without a new map) empties the memo and is counted
+ *    ("hw_mismatches" in the config);
+ *  - the host address and is_io are read from QEMU 7.2's struct
+ *    qemu_plugin_hwaddr (include/qemu/plugin-memory.h), as is_store reads
+ *    the meminfo word: if the checks find another layout, every vCPU uses
+ *    the API for good.
+ */
+struct hwaddr_72 {
+    bool is_io;
+    bool is_store;
+    union {
+        struct {
+            void *section;
+            uint64_t offset;
+        } io;
+        struct {
+            void *hostaddr;
+        } ram;
+    } v;
+};
+
+#define HW_PAGE_SHIFT  12
+#define HW_CHECKS      65536
+#define HW_CHECK_EVERY 1024
+
+static void hw_forget(struct vcpu *v, const struct map *m)
+{
+    for (unsigned i = 0; i < HW_MEMO; i++) {
+        v->hw_memo[i].page = UINT64_MAX;
+    }
+    v->hw_map = m;
+}
+
+static void hw_layout_differs(void)
+{
+    if (__atomic_exchange_n(&g.hw_direct, false, __ATOMIC_RELAXED)) {
+        fprintf(stderr, "libddc: qemu_plugin_hwaddr differs from QEMU 7.2's; "
+                "using the API for every physical address\n");
+    }
+}
+
+/* A memo miss: ask the API, remember the page. */
+static uint64_t __attribute__((noinline)) hw_fill(struct vcpu *v, struct qemu_plugin_hwaddr *hw, uint64_t host)
+{
+    struct hw_memo *e = &v->hw_memo[(host >> HW_PAGE_SHIFT) % HW_MEMO];
+    uint64_t phys = qemu_plugin_hwaddr_phys_addr(hw);
+
+    e->page = host >> HW_PAGE_SHIFT;
+    e->delta = phys - host;
+    return phys;
+}
+
+/*
+ * The API's answer, while the vCPU's first accesses check the direct reads
+ * against it (and after they found another layout): is_io must agree, and
+ * a page already in the memo must give the same address.
+ */
+static uint64_t __attribute__((noinline)) hw_phys_api(struct vcpu *v, struct qemu_plugin_hwaddr *hw,
+                                                      bool *io)
+{
+    const struct hwaddr_72 *h = (const struct hwaddr_72 *)hw;
+    uint64_t phys, host;
+
+    *io = qemu_plugin_hwaddr_is_io(hw);
+    phys = *io ? 0 : qemu_plugin_hwaddr_phys_addr(hw);
+    if (!v->hw_checks || !LOAD(&g.hw_direct)) {
+        return phys;
+    }
+    v->hw_checks--;
+    host = (uint64_t)(uintptr_t)h->v.ram.hostaddr;
+    if (h->is_io != *io) {
+        hw_layout_differs();
+    } else if (!*io) {
+        struct hw_memo *e = &v->hw_memo[(host >> HW_PAGE_SHIFT) % HW_MEMO];
+        if (e->page == host >> HW_PAGE_SHIFT && host + e->delta != phys) {
+            hw_layout_differs();
+        }
+        e->page = host >> HW_PAGE_SHIFT;
+        e->delta = phys - host;
+    }
+    return phys;
+}
+
+/* A memo hit due for its periodic check. */
+static uint64_t __attribute__((noinline)) hw_recheck(struct vcpu *v, struct qemu_plugin_hwaddr *hw,
+                                                     uint64_t host, uint64_t memo)
+{
+    uint64_t phys = qemu_plugin_hwaddr_phys_addr(hw);
+
+    v->hw_tick = HW_CHECK_EVERY;
+    if (phys != memo) {
+        BUMP(&g.hw_mismatches, 1);
+        hw_forget(v, v->hw_map);
+        return hw_fill(v, hw, host);
+    }
+    return phys;
+}
+
 /* System mode: model the physical address; MMIO is only counted. */
 static void vcpu_mem_sys(unsigned int idx, qemu_plugin_meminfo_t info, uint64_t vaddr, void *ud)
 {
     struct vcpu *v = vcpu_of(idx);
     struct qemu_plugin_hwaddr *hw;
+    const struct map *m;
+    uint64_t a;
+    bool io;
 
     (void)ud;
     if (__builtin_expect(!v, 0)) {
@@ -467,11 +590,35 @@ static void vcpu_mem_sys(unsigned int idx, qemu_plugin_meminfo_t info, uint64_t 
     hw = qemu_plugin_get_hwaddr(info, vaddr);
     if (!hw) {
         model_access(v, info, vaddr);   /* not expected in system mode; as user mode */
-    } else if (qemu_plugin_hwaddr_is_io(hw)) {
-        BUMP(&v->c[C_IO], 1);
-    } else {
-        model_access(v, info, qemu_plugin_hwaddr_phys_addr(hw));
+        return;
     }
+    m = __atomic_load_n(&g.map, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(v->hw_map != m, 0)) {
+        hw_forget(v, m);
+    }
+    if (__builtin_expect(v->hw_checks == 0 && LOAD(&g.hw_direct), 1)) {
+        const struct hwaddr_72 *h = (const struct hwaddr_72 *)hw;
+        uint64_t host = (uint64_t)(uintptr_t)h->v.ram.hostaddr, page = host >> HW_PAGE_SHIFT;
+
+        if (__builtin_expect(h->is_io, 0)) {
+            BUMP(&v->c[C_IO], 1);
+            return;
+        }
+        if (__builtin_expect(v->hw_memo[page % HW_MEMO].page != page, 0)) {
+            a = hw_fill(v, hw, host);
+        } else if (__builtin_expect(--v->hw_tick == 0, 0)) {
+            a = hw_recheck(v, hw, host, host + v->hw_memo[page % HW_MEMO].delta);
+        } else {
+            a = host + v->hw_memo[page % HW_MEMO].delta;
+        }
+    } else {
+        a = hw_phys_api(v, hw, &io);
+        if (io) {
+            BUMP(&v->c[C_IO], 1);
+            return;
+        }
+    }
+    model_access(v, info, a);
 }
 
 /* User mode has no hwaddr (the API returns NULL): model the virtual address
@@ -705,6 +852,9 @@ static void vcpu_init(qemu_plugin_id_t id, unsigned int idx)
     v->index = idx;
     v->decode_checks = DECODE_CHECKS;
     v->last_line = UINT64_MAX;
+    v->hw_checks = HW_CHECKS;
+    v->hw_tick = HW_CHECK_EVERY;
+    hw_forget(v, NULL);
     for (unsigned i = 0; i < g.nlevels; i++) {
         if (!g.levels[i].shared && cache_init(&v->priv[i], &g.levels[i])) {
             fprintf(stderr, "libddc: out of memory for vCPU %u's %s\n", idx, g.levels[i].name);

@@ -125,6 +125,13 @@ struct blade {
 
 /* ---- per-vCPU state and counters ---------------------------------------- */
 
+#define HW_MEMO 64              /* host pages whose physical offset a vCPU remembers */
+
+struct hw_memo {
+    uint64_t page;              /* host address >> 12; UINT64_MAX: empty */
+    uint64_t delta;             /* physical - host, for that page */
+};
+
 enum {
     C_INSNS, C_LOADS, C_STORES, C_IO, C_SPLIT,
     C_MODELLED_NS, C_INJECTED_NS, C_STALLS,
@@ -156,6 +163,12 @@ struct vcpu {
     bool slack_set;
     /* link leases (ddc.c link_book): lines booked ahead in one slot per blade */
     uint64_t lease_slot[MAX_BLADES];
+    /* system mode: host page -> guest-physical offset (ddc.c, "Physical
+     * addresses"), filled under hw_map */
+    struct hw_memo hw_memo[HW_MEMO];
+    const struct map *hw_map;
+    uint32_t hw_checks;         /* accesses left to check against the API */
+    uint32_t hw_tick;           /* memo hits until the next check */
     uint32_t lease_left[MAX_BLADES];
     uint32_t lease_gen[MAX_BLADES];
     unsigned index;
@@ -180,6 +193,8 @@ struct ddc {
 
     /* runtime knobs (atomics) */
     int multi_vcpu;             /* atomic bool: a second vCPU exists; shared levels lock */
+    int hw_direct;              /* atomic bool: read QEMU 7.2's hwaddr layout (ddc.c) */
+    uint64_t hw_mismatches;     /* atomic; memo entries the periodic check found stale */
     unsigned vcpus_seen;        /* atomic; vcpu_init calls so far */
     int mode;
     uint64_t local_ns;

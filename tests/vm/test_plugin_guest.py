@@ -87,6 +87,11 @@ def test_llc_misses_are_attributed_to_the_bound_node(blade: Blade, bind: int, lo
     share = mem[1] / (mem[0] + mem[1])
     assert mem[0] + mem[1] > 1_000_000  # the chase itself misses the LLC on every load
     assert low <= share <= high, mem
+    # The addresses came from the plugin's memo of host page -> physical
+    # (QEMU's layout recognised), and its periodic checks against the API
+    # found no stale entry.
+    config = blade.ctl.request("config")
+    assert config["hw_memo"] is True and config["hw_mismatches"] == 0, config
 
 
 def steady_stats(blade: Blade, command: str, seconds: float = 2.0) -> dict[str, Any]:

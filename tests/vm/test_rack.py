@@ -366,3 +366,9 @@ def test_accesses_to_a_region_count_on_its_memory_blade(rack: Path) -> None:
     finally:
         ddc("region", "detach", str(rack), "pm", check=False)
     assert region_ranges("cb1") == before["cb1"]
+    # Blocks came and went: the plugin's memo of host page -> physical address
+    # was emptied with each new map, and its checks found no stale entry.
+    for blade in ("cb0", "cb1"):
+        with plugin.Control(st.plugin_socket(blade)) as ctl:
+            config = ctl.request("config")
+        assert config["hw_memo"] is True and config["hw_mismatches"] == 0, (blade, config)
