@@ -153,13 +153,14 @@ def test_latency_changes_at_runtime_and_is_charged_exactly(blade: Blade) -> None
 
 # Known gap (issue 3 stays open): the plugin charges exactly latency - local per
 # remote miss (its counters say so: injected == modelled, one charge per chase
-# load), yet the guest measures 10-15 % more: +430..470 ns for 400 added,
-# +970..1000 for 900 (paired probe, this host). The extra is not in the stalls
+# load), yet the guest measures 10-15 % more on a quiet day (+430..470 ns for
+# 400 added, +970..1000 for 900, paired probe, this host) and 20-29 % on a
+# busy one (2026-12-02). The extra is not in the stalls
 # but between them: with stalls the vCPU executes the same instructions more
 # slowly (exec time per load, wall minus injected, rises by 40-130 ns), whether
 # the stall sleeps or spins, in batches of 2 us to 10 ms, and with the guest's
 # tick removed (nohz_full). Kept running, so a fix shows as XPASS.
-LATENCY_GAP = "guest-measured stall exceeds the charged one by 10-15 % (issue 3 open)"
+LATENCY_GAP = "guest-measured stall exceeds the charged one by 10-30 %, more on a busier host (issue 3 open)"
 
 
 def paired_diff_ns(blade: Blade) -> float:
