@@ -154,21 +154,24 @@ def test_account_mode_link_queueing(built: Built, tmp_path: Path) -> None:
 
 
 def test_link_bandwidth_is_shared_by_vcpus(built: Built, tmp_path: Path) -> None:
-    """Two threads (two vCPUs) stream distinct lines at once over a 0.1 GB/s
-    link with no extra latency: 2n lines of 64 B hold it for 2n x 640 ns, far
-    longer than the threads' own time, and the guest sees that time. A link
-    that made one vCPU queue behind the other's future (their clocks drift
-    apart by up to a stall batch) would take far longer. (Inject mode only:
+    """Two threads (two vCPUs) stream distinct lines at once over a 0.02 GB/s
+    link with no extra latency: 2n lines of 64 B hold it for 2n x 3.2 us,
+    several times the threads' own time (60-80 ms unlimited on a busy day
+    here; at 0.1 GB/s the two were equal and the sum showed), and the guest
+    sees that time. A link that made one vCPU queue behind the other's future
+    (their clocks drift apart by up to a stall batch) would take far longer. (Inject mode only:
     in account mode each vCPU's clock runs ahead of real time by its own
     charges, so a link shared by several is only approximate; see README.)"""
-    n, tx = 50_000, 640
-    opts = ["mode=inject", "local_ns=100", "blade=mb0:100:0.1", REMOTE_RANGE, "batch_ns=20000"]
+    n, tx = 50_000, 3200
+    opts = ["mode=inject", "local_ns=100", "blade=mb0:100:0.02", REMOTE_RANGE, "batch_ns=20000"]
     res = run_guest(built, opts, "remote", [f"{BASE:x}", str(SIZE)], tmp_path, stdin=f"pair 0 {n} 64\n")
     link_ns = 2 * n * tx
     elapsed = int(res.proc.stdout.split()[1])
     assert blade(res.stats)["accesses"] == 2 * n
-    # 1 ms of burst below; starting two threads (two vCPUs) costs a few ms above
-    assert 0.9 * link_ns <= elapsed <= 1.15 * link_ns, (elapsed, link_ns)
+    # 1 ms of burst below; above, starting two threads (two vCPUs) costs a few
+    # ms, and on a busy host stalls oversleep by tens of us each (up to 1.24x
+    # seen in 6 runs on 2026-12-02)
+    assert 0.9 * link_ns <= elapsed <= 1.35 * link_ns, (elapsed, link_ns)
 
 
 # ---- inject mode stalls for real ------------------------------------------------
