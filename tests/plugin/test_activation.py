@@ -13,6 +13,7 @@ the access path itself, at the guest's first access.
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import time
 from pathlib import Path
@@ -36,6 +37,21 @@ def test_bad_active_value_rejected(built: Built) -> None:
     assert "libddc: active=maybe: use on or off" in proc.stderr
 
 
+def switched(g: Any, cmd: str) -> dict[str, Any]:
+    """Ask for (de)activation and run empty guest commands until the reply
+    comes.  The switch needs guest code to run after the control thread has
+    read the request; one empty command can end before that on a busy host (a
+    CI run then waited for the reply forever), and a longer one can be partly
+    run before it."""
+    g.ctl.send(cmd)
+    for _ in range(100):
+        assert g.command("touch 0 0 64").startswith("done")
+        if select.select([g.ctl.sock], [], [], 0.05)[0]:
+            break
+    reply: dict[str, Any] = g.ctl.reply()
+    return reply
+
+
 def test_inactive_counts_nothing_then_activate_deactivate(live_guest: Any) -> None:
     g = live_guest(["active=off", *OPTS], [f"{BASE:x}", str(SIZE)])
     assert g.ctl.ok("config")["active"] is False
@@ -48,9 +64,7 @@ def test_inactive_counts_nothing_then_activate_deactivate(live_guest: Any) -> No
     assert len(s["vcpus"]) == 1, "vCPU state exists while inactive"
 
     # activate
-    g.ctl.send("activate")
-    assert g.command("touch 0 0 64").startswith("done")
-    assert g.ctl.reply() == {"ok": True, "active": True}
+    assert switched(g, "activate") == {"ok": True, "active": True}
     assert g.command("touch 0 1000 64").startswith("done")
     s = g.ctl.ok("stats")
     assert s["active"] is True and s["active_ns"] > 0
@@ -60,11 +74,10 @@ def test_inactive_counts_nothing_then_activate_deactivate(live_guest: Any) -> No
     assert blade(s)["stall_ns"] == 1000 * 300
     assert g.ctl.ok("activate") == {"ok": True, "active": True}, "already active: at once"
 
-    # deactivate: in effect from the guest's first access after its read;
-    # counters and the modelled clock freeze
-    g.ctl.send("deactivate")
+    # deactivate: in effect once answered; counters and the modelled clock
+    # freeze
+    assert switched(g, "deactivate") == {"ok": True, "active": False}
     assert g.command("touch 1000 1000 64").startswith("done")
-    assert g.ctl.reply() == {"ok": True, "active": False}
     frozen = g.ctl.ok("stats")
     assert g.command("touch 2000 1000 64").startswith("done")
     s = g.ctl.ok("stats")
@@ -75,9 +88,7 @@ def test_inactive_counts_nothing_then_activate_deactivate(live_guest: Any) -> No
     assert s["active_ns"] == frozen["active_ns"]
 
     # again, with a new thread (a new vCPU) created after two resets
-    g.ctl.send("activate")
-    assert g.command("touch 0 0 64").startswith("done")
-    assert g.ctl.reply()["active"] is True
+    assert switched(g, "activate")["active"] is True
     assert g.command("thread 3000 500 64").startswith("done")
     s = g.ctl.ok("stats")
     assert len(s["vcpus"]) == 2
