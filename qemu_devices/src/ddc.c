@@ -517,15 +517,23 @@ static void hw_layout_differs(void)
     }
 }
 
-/* A memo miss: ask the API, remember the page. */
-static uint64_t __attribute__((noinline)) hw_fill(struct vcpu *v, struct qemu_plugin_hwaddr *hw, uint64_t host)
+/* The memo entry a host address maps to (direct-mapped by host page). */
+static inline struct hw_memo *hw_slot(struct vcpu *v, uint64_t host)
 {
-    struct hw_memo *e = &v->hw_memo[(host >> HW_PAGE_SHIFT) % HW_MEMO];
-    uint64_t phys = qemu_plugin_hwaddr_phys_addr(hw);
+    return &v->hw_memo[(host >> HW_PAGE_SHIFT) % HW_MEMO];
+}
 
+static inline uint64_t hw_remember(struct hw_memo *e, uint64_t host, uint64_t phys)
+{
     e->page = host >> HW_PAGE_SHIFT;
     e->delta = phys - host;
     return phys;
+}
+
+/* A memo miss: ask the API, remember the page. */
+static uint64_t __attribute__((noinline)) hw_fill(struct vcpu *v, struct qemu_plugin_hwaddr *hw, uint64_t host)
+{
+    return hw_remember(hw_slot(v, host), host, qemu_plugin_hwaddr_phys_addr(hw));
 }
 
 /*
@@ -549,17 +557,16 @@ static uint64_t __attribute__((noinline)) hw_phys_api(struct vcpu *v, struct qem
     if (h->is_io != *io) {
         hw_layout_differs();
     } else if (!*io) {
-        struct hw_memo *e = &v->hw_memo[(host >> HW_PAGE_SHIFT) % HW_MEMO];
+        struct hw_memo *e = hw_slot(v, host);
         if (e->page == host >> HW_PAGE_SHIFT && host + e->delta != phys) {
             hw_layout_differs();
         }
-        e->page = host >> HW_PAGE_SHIFT;
-        e->delta = phys - host;
+        hw_remember(e, host, phys);
     }
     return phys;
 }
 
-/* A memo hit due for its periodic check. */
+/* A memo hit due for its periodic check: a stale entry empties the memo. */
 static uint64_t __attribute__((noinline)) hw_recheck(struct vcpu *v, struct qemu_plugin_hwaddr *hw,
                                                      uint64_t host, uint64_t memo)
 {
@@ -569,7 +576,7 @@ static uint64_t __attribute__((noinline)) hw_recheck(struct vcpu *v, struct qemu
     if (phys != memo) {
         BUMP(&g.hw_mismatches, 1);
         hw_forget(v, v->hw_map);
-        return hw_fill(v, hw, host);
+        hw_remember(hw_slot(v, host), host, phys);
     }
     return phys;
 }
@@ -598,18 +605,19 @@ static void vcpu_mem_sys(unsigned int idx, qemu_plugin_meminfo_t info, uint64_t 
     }
     if (__builtin_expect(v->hw_checks == 0 && LOAD(&g.hw_direct), 1)) {
         const struct hwaddr_72 *h = (const struct hwaddr_72 *)hw;
-        uint64_t host = (uint64_t)(uintptr_t)h->v.ram.hostaddr, page = host >> HW_PAGE_SHIFT;
+        uint64_t host = (uint64_t)(uintptr_t)h->v.ram.hostaddr;
+        const struct hw_memo *e = hw_slot(v, host);
 
         if (__builtin_expect(h->is_io, 0)) {
             BUMP(&v->c[C_IO], 1);
             return;
         }
-        if (__builtin_expect(v->hw_memo[page % HW_MEMO].page != page, 0)) {
+        if (__builtin_expect(e->page != host >> HW_PAGE_SHIFT, 0)) {
             a = hw_fill(v, hw, host);
         } else if (__builtin_expect(--v->hw_tick == 0, 0)) {
-            a = hw_recheck(v, hw, host, host + v->hw_memo[page % HW_MEMO].delta);
+            a = hw_recheck(v, hw, host, host + e->delta);
         } else {
-            a = host + v->hw_memo[page % HW_MEMO].delta;
+            a = host + e->delta;
         }
     } else {
         a = hw_phys_api(v, hw, &io);
