@@ -239,8 +239,10 @@ int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbp
     if (latency_ns) {
         STORE(&b->latency_ns, *latency_ns);
     }
-    if (bw_gbps) {
-        /* GB/s is bytes per ns; keep picoseconds so 64 B at 25 GB/s is 2560 ps. */
+    if (bw_gbps && *bw_gbps != b->bandwidth_gbps) {
+        /* Only a new bandwidth resets the link: the same one again (a campaign
+         * sets every link before each run) keeps its schedule and burst.
+         * GB/s is bytes per ns; keep picoseconds so 64 B at 25 GB/s is 2560 ps. */
         uint64_t tx = *bw_gbps > 0 ? (uint64_t)(llc_line_bytes() * 1000.0 / *bw_gbps + 0.5) : 0;
         b->bandwidth_gbps = *bw_gbps;
         if (tx) {
@@ -250,7 +252,7 @@ int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbp
             STORE(&b->slot_cap, cap);
             STORE(&b->slot_ps, slot);
             STORE(&b->burst_slots, burst < LINK_SLOTS / 4 ? burst : LINK_SLOTS / 4);
-            STORE(&b->lease, (uint32_t)(cap >= 32 ? 8 : cap >= 4 ? cap / 4 : 1));
+            STORE(&b->lease, (uint32_t)(cap >= 16 ? 8 : cap >= 2 ? cap / 2 : 1));
         }
         STORE(&b->gen, LOAD(&b->gen) + 1);
         __atomic_store_n(&b->tx_ps, tx, __ATOMIC_RELEASE);

@@ -4,7 +4,9 @@ accounting and injection, and the control socket.  No VM needed."""
 from __future__ import annotations
 
 import json
+import select
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,27 @@ def test_link_bandwidth_is_shared_by_vcpus(built: Built, tmp_path: Path) -> None
     # ms, and on a busy host stalls oversleep by tens of us each (up to 1.24x
     # seen in 6 runs on 2026-12-02)
     assert 0.9 * link_ns <= elapsed <= 1.35 * link_ns, (elapsed, link_ns)
+
+
+def test_same_bandwidth_again_keeps_the_link_schedule(live_guest: Any) -> None:
+    """A campaign sets every link before each run, bandwidth included. Setting
+    the bandwidth a link already has must not reset its schedule: a reset hands
+    a stream in progress the link's 1 ms burst again, so a client repeating the
+    setting every millisecond or so would lift the cap altogether."""
+    n, tx = 50_000, 3200  # 0.02 GB/s: 160 ms of link time
+    g = live_guest(["mode=inject", "local_ns=100", "blade=mb0:100:0.02", REMOTE_RANGE], [f"{BASE:x}", str(SIZE)])
+    assert g.proc.stdin is not None and g.proc.stdout is not None
+    g.proc.stdin.write(f"touch 0 {n} 64\n")
+    g.proc.stdin.flush()
+    sets, deadline = 0, time.monotonic() + 30
+    while not select.select([g.proc.stdout], [], [], 0.0005)[0]:
+        assert time.monotonic() < deadline, "the stream never ended"
+        g.ctl.ok("set_link", blade="mb0", bandwidth_gbps=0.02)
+        sets += 1
+    elapsed = int(g.proc.stdout.readline().split()[1])
+    assert sets > 20, sets
+    assert elapsed >= 0.9 * n * tx, (elapsed, sets)
+    assert blade(g.ctl.ok("stats"))["accesses"] == n
 
 
 # ---- inject mode stalls for real ------------------------------------------------
