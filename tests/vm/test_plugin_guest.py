@@ -195,16 +195,29 @@ def test_injected_latency_per_dependent_load(blade: Blade, added: int, tolerance
     assert abs(measured - added) <= tolerance * added, measured
 
 
-def test_bandwidth_cap(blade: Blade) -> None:
-    # No added latency, so only the link limits the stream: 1 GB/s, shared by
-    # both vCPUs. `-m lines` reads one word per line: the link carries lines,
-    # and the probe then streams 2.6-4 GB/s here unlimited (8-byte reads of
-    # every word reach only about 0.9 GB/s under the plugin).
-    blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=1)
-    try:
-        out = blade.sh("numactl --membind=1 ddc-stream -t 2 -s 256M -d 4 -m lines")
-    finally:
-        blade.link(latency_ns=500, bandwidth_gbps=0)
+STREAM = "numactl --membind=1 ddc-stream -t 2 -s 256M -d {seconds} -m lines"
+
+
+def stream_gbps(blade: Blade, seconds: int) -> tuple[float, str]:
+    out = blade.sh(STREAM.format(seconds=seconds))
     m = re.search(r"^threads=2 .* gbps=([\d.]+)$", out, re.M)
     assert m, out
-    assert abs(float(m.group(1)) - 1.0) <= 0.10, out
+    return float(m.group(1)), out
+
+
+def test_bandwidth_cap(blade: Blade) -> None:
+    # No added latency, so only the link limits the stream, shared by both
+    # vCPUs. `-m lines` reads one word per line: the link carries lines. The
+    # cap is 1 GB/s where the guest streams at least twice that unlimited
+    # (2.6-4 GB/s on the machines this was written on); a slower host (1.2-2
+    # GB/s on some) gets half its own unlimited rate instead, so the test
+    # judges the link and not the host's speed.
+    blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=0)
+    unlimited, _ = stream_gbps(blade, seconds=2)
+    cap = min(1.0, round(unlimited / 2, 2))
+    blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=cap)
+    try:
+        measured, out = stream_gbps(blade, seconds=4)
+    finally:
+        blade.link(latency_ns=500, bandwidth_gbps=0)
+    assert abs(measured - cap) <= 0.10 * cap, f"cap {cap} GB/s (unlimited {unlimited}):\n{out}"
