@@ -29,7 +29,6 @@ struct ddc g = {
     .batch_ns = 20000,
     .count_insns = true,
     .hw_direct = true,
-    .hw_use_spans = true,
     .active = true,
     .want = true,
     .ctl_lock = PTHREAD_MUTEX_INITIALIZER,
@@ -487,15 +486,6 @@ static inline struct vcpu *vcpu_of(unsigned int idx)
  * So each vCPU remembers, for the last HW_MEMO host pages it touched,
  * host page -> offset.
  *
- * The offset is in fact the same across a whole RAMBlock, and QEMU maps
- * each block on its own (qemu_ram_mmap leaves a PROT_NONE guard page after
- * it; a file-backed block maps its own file), so one mapping of the host's
- * address space (a line of /proc/self/maps) never holds two blocks.  A memo
- * miss therefore asks the API once per mapping and vCPU: the vCPU keeps
- * HW_SPANS mappings with their offset, and refills its page memo from them.
- * A chase over a buffer larger than the memo (every access a memo miss)
- * then costs a short scan, not a RAMBlock search.
- *
  * Exactness:
  *  - RAMBlocks come and go only when a region is plugged or unplugged, and
  *    the orchestrator installs a new map after each (set_map); a vCPU
@@ -505,9 +495,6 @@ static inline struct vcpu *vcpu_of(unsigned int idx)
  *    HW_CHECK_EVERY, are checked against the API; a stale entry (a region
  *    moved without a new map) empties the memo and is counted
  *    ("hw_mismatches" in the config);
- *  - while a vCPU checks its accesses, a span that holds the page must give
- *    the API's address too; if one does not (a mapping with two blocks),
- *    spans are not used again;
  *  - the host address and is_io are read from QEMU 7.2's struct
  *    qemu_plugin_hwaddr (include/qemu/plugin-memory.h), as is_store reads
  *    the meminfo word: if the checks find another layout, every vCPU uses
@@ -536,113 +523,7 @@ static void hw_forget(struct vcpu *v, const struct map *m)
     for (unsigned i = 0; i < HW_MEMO; i++) {
         v->hw_memo[i].page = UINT64_MAX;
     }
-    v->hw_nspans = v->hw_span_next = 0;
     v->hw_map = m;
-}
-
-/*
- * The host mapping that holds addr, from /proc/self/maps, read again when
- * the address map changed since (the orchestrator installs one after every
- * region plugged or unplugged) or addr is in none of the mappings read.
- * Only a memo miss outside every span of the vCPU comes here.
- */
-static struct {
-    pthread_mutex_t lock;
-    const struct map *map;      /* g.map when the table was read */
-    uint64_t (*vma)[2];         /* [start, end), sorted as the kernel lists them */
-    size_t n, cap;
-} host_maps = { .lock = PTHREAD_MUTEX_INITIALIZER };
-
-static bool host_maps_read(void)
-{
-    FILE *f = fopen("/proc/self/maps", "re");
-    unsigned long lo, hi;
-    char line[512];
-
-    if (!f) {
-        return false;
-    }
-    host_maps.n = 0;
-    while (fgets(line, sizeof(line), f)) {
-        if (sscanf(line, "%lx-%lx", &lo, &hi) != 2) {
-            continue;
-        }
-        if (host_maps.n == host_maps.cap) {
-            size_t cap = host_maps.cap ? 2 * host_maps.cap : 1024;
-            void *p = realloc(host_maps.vma, cap * sizeof(*host_maps.vma));
-            if (!p) {
-                break;
-            }
-            host_maps.vma = p;
-            host_maps.cap = cap;
-        }
-        host_maps.vma[host_maps.n][0] = lo;
-        host_maps.vma[host_maps.n][1] = hi;
-        host_maps.n++;
-        /* a long line (a path) continues in the next reads: skip it */
-        while (!strchr(line, '\n') && fgets(line, sizeof(line), f)) {
-        }
-    }
-    fclose(f);
-    return true;
-}
-
-static bool host_mapping(uint64_t addr, const struct map *m, uint64_t *lo, uint64_t *hi)
-{
-    bool found = false;
-
-    pthread_mutex_lock(&host_maps.lock);
-    for (int pass = 0; pass < 2 && !found; pass++) {
-        if ((pass || host_maps.map != m) && !host_maps_read()) {
-            break;
-        }
-        host_maps.map = m;
-        for (size_t lo_i = 0, hi_i = host_maps.n; lo_i < hi_i;) {
-            size_t mid = (lo_i + hi_i) / 2;
-            if (addr < host_maps.vma[mid][0]) {
-                hi_i = mid;
-            } else if (addr >= host_maps.vma[mid][1]) {
-                lo_i = mid + 1;
-            } else {
-                *lo = host_maps.vma[mid][0];
-                *hi = host_maps.vma[mid][1];
-                found = true;
-                break;
-            }
-        }
-    }
-    pthread_mutex_unlock(&host_maps.lock);
-    return found;
-}
-
-/* The vCPU's span that holds host, or NULL. */
-static inline const struct hw_span *hw_span_of(const struct vcpu *v, uint64_t host)
-{
-    for (unsigned i = 0; i < v->hw_nspans; i++) {
-        if (host - v->hw_spans[i].lo < v->hw_spans[i].len) {
-            return &v->hw_spans[i];
-        }
-    }
-    return NULL;
-}
-
-/* Remember the mapping around host, whose physical address is phys. */
-static void hw_span_learn(struct vcpu *v, uint64_t host, uint64_t phys)
-{
-    uint64_t lo, hi;
-    struct hw_span *s;
-
-    if (!LOAD(&g.hw_use_spans) || !host_mapping(host, v->hw_map, &lo, &hi)) {
-        return;
-    }
-    BUMP(&g.hw_spans_learned, 1);
-    s = &v->hw_spans[v->hw_span_next++ % HW_SPANS];
-    s->lo = lo;
-    s->len = hi - lo;
-    s->delta = phys - host;
-    if (v->hw_nspans < HW_SPANS) {
-        v->hw_nspans++;
-    }
 }
 
 static void hw_layout_differs(void)
@@ -666,19 +547,10 @@ static inline uint64_t hw_remember(struct hw_memo *e, uint64_t host, uint64_t ph
     return phys;
 }
 
-/* A memo miss: from the span that holds the page, else ask the API and
- * learn the page's mapping. */
+/* A memo miss: ask the API, remember the page. */
 static uint64_t __attribute__((noinline)) hw_fill(struct vcpu *v, struct qemu_plugin_hwaddr *hw, uint64_t host)
 {
-    const struct hw_span *s = LOAD(&g.hw_use_spans) ? hw_span_of(v, host) : NULL;
-    uint64_t phys;
-
-    if (s) {
-        return hw_remember(hw_slot(v, host), host, host + s->delta);
-    }
-    phys = qemu_plugin_hwaddr_phys_addr(hw);
-    hw_span_learn(v, host, phys);
-    return hw_remember(hw_slot(v, host), host, phys);
+    return hw_remember(hw_slot(v, host), host, qemu_plugin_hwaddr_phys_addr(hw));
 }
 
 /*
@@ -703,16 +575,8 @@ static uint64_t __attribute__((noinline)) hw_phys_api(struct vcpu *v, struct qem
         hw_layout_differs();
     } else if (!*io) {
         struct hw_memo *e = hw_slot(v, host);
-        const struct hw_span *s = hw_span_of(v, host);
         if (e->page == host >> HW_PAGE_SHIFT && host + e->delta != phys) {
             hw_layout_differs();
-        }
-        if (!s) {
-            hw_span_learn(v, host, phys);
-        } else if (host + s->delta != phys &&
-                   __atomic_exchange_n(&g.hw_use_spans, false, __ATOMIC_RELAXED)) {
-            fprintf(stderr, "libddc: a host mapping holds two RAMBlocks; "
-                    "learning physical addresses page by page\n");
         }
         hw_remember(e, host, phys);
     }

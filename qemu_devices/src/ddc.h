@@ -132,13 +132,6 @@ struct hw_memo {
     uint64_t delta;             /* physical - host, for that page */
 };
 
-#define HW_SPANS 16             /* host mappings whose offset a vCPU remembers */
-
-struct hw_span {
-    uint64_t lo, len;           /* host [lo, lo + len): a mapping of one RAMBlock */
-    uint64_t delta;             /* physical - host, across it */
-};
-
 enum {
     C_INSNS, C_LOADS, C_STORES, C_IO, C_SPLIT,
     C_MODELLED_NS, C_INJECTED_NS, C_STALLS,
@@ -173,8 +166,6 @@ struct vcpu {
     /* system mode: host page -> guest-physical offset (ddc.c, "Physical
      * addresses"), filled under hw_map */
     struct hw_memo hw_memo[HW_MEMO];
-    struct hw_span hw_spans[HW_SPANS];  /* what refills the memo */
-    unsigned hw_nspans, hw_span_next;
     const struct map *hw_map;
     uint32_t hw_checks;         /* accesses left to check against the API */
     uint32_t hw_tick;           /* memo hits until the next check */
@@ -204,8 +195,6 @@ struct ddc {
     int multi_vcpu;             /* atomic bool: a second vCPU exists; shared levels lock */
     int hw_direct;              /* atomic bool: read QEMU 7.2's hwaddr layout (ddc.c) */
     uint64_t hw_mismatches;     /* atomic; memo entries the periodic check found stale */
-    int hw_use_spans;           /* atomic bool: refill the memo from host mappings (ddc.c) */
-    uint64_t hw_spans_learned;  /* atomic; host mappings looked up in /proc/self/maps */
     unsigned vcpus_seen;        /* atomic; vcpu_init calls so far */
     int mode;
     uint64_t local_ns;

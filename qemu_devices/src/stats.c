@@ -211,14 +211,12 @@ void config_render(struct sbuf *b)
     sb_printf(b, "\"version\":\"%s\",\"target\":", DDC_VERSION);
     sb_str(b, g.target);
     sb_printf(b, ",\"system_emulation\":%s,\"address\":\"%s\",\"mode\":\"%s\",\"active\":%s,\"local_ns\":%llu,"
-              "\"batch_ns\":%llu,\"insns\":%s,\"vcpus\":%u,\"hw_memo\":%s,\"hw_mismatches\":%llu,"
-              "\"hw_spans\":%s,\"hw_spans_learned\":%llu,\"cache\":[",
+              "\"batch_ns\":%llu,\"insns\":%s,\"vcpus\":%u,\"hw_memo\":%s,\"hw_mismatches\":%llu,\"cache\":[",
               g.system_emulation ? "true" : "false", g.system_emulation ? "phys" : "virt",
               LOAD(&g.mode) == MODE_INJECT ? "inject" : "account",
               LOAD(&g.active) ? "true" : "false", (unsigned long long)LOAD(&g.local_ns), (unsigned long long)g.batch_ns,
               g.count_insns ? "true" : "false", nvcpus(), LOAD(&g.hw_direct) ? "true" : "false",
-              (unsigned long long)LOAD(&g.hw_mismatches), LOAD(&g.hw_use_spans) ? "true" : "false",
-              (unsigned long long)LOAD(&g.hw_spans_learned));
+              (unsigned long long)LOAD(&g.hw_mismatches));
     for (unsigned i = 0; i < g.nlevels; i++) {
         const struct level_cfg *l = &g.levels[i];
         sb_printf(b, "%s{\"name\":", i ? "," : "");

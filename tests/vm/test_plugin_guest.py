@@ -88,12 +88,10 @@ def test_llc_misses_are_attributed_to_the_bound_node(blade: Blade, bind: int, lo
     assert mem[0] + mem[1] > 1_000_000  # the chase itself misses the LLC on every load
     assert low <= share <= high, mem
     # The addresses came from the plugin's memo of host page -> physical
-    # (QEMU's layout recognised), refilled from host mappings (each of them one
-    # RAMBlock: the first accesses of each vCPU checked that against the API),
-    # and its periodic checks against the API found no stale entry.
+    # (QEMU's layout recognised), and its periodic checks against the API
+    # found no stale entry.
     config = blade.ctl.request("config")
     assert config["hw_memo"] is True and config["hw_mismatches"] == 0, config
-    assert config["hw_spans"] is True and config["hw_spans_learned"] > 0, config
 
 
 def steady_stats(blade: Blade, command: str, seconds: float = 2.0) -> dict[str, Any]:
