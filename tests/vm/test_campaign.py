@@ -91,19 +91,22 @@ def test_smoke_campaign(rack: Path, tmp_path: Path) -> None:
             out, "SELECT r.params, m.value FROM runs r JOIN metrics m USING (run_id) "
                  "WHERE r.workload = 'ddc-ptrchase' AND m.name = 'ns_per_load'"))}
     assert len(chase) == 4
+    # In the guest's own clock, only gaps of 350 ns and more: one unpaired run
+    # against another varies by hundreds of ns on a busy host (node 0 took 925
+    # and 814 ns in one CI run, node 1 at +150 ns 913). The paired probe in
+    # test_plugin_guest measures small differences.
     assert chase[("membind=1", 600)] > chase[("membind=1", 250)] + 200, chase
-    assert chase[("membind=1", 250)] > chase[("membind=0", 250)], chase
-    # Node 0 does not care: the plugin charges its chase nothing (below), and both
-    # of its runs beat node 1 at 600 ns. Their difference is host noise, not a
-    # measure: 190 ns once on a busy CI host, and 447 once on a slower one.
     assert max(chase[("membind=0", 250)], chase[("membind=0", 600)]) < chase[("membind=1", 600)], chase
+    # Exactly, in the plugin's terms: node 1's chase is charged its added
+    # latency for most of its loads, node 0's is charged (almost) nothing.
     injected = {(p["placement"], p["mb0.latency_ns"]): json.loads(stats)["total"]["injected_ns"] for p, stats in (
         (yaml.safe_load(params), stats) for params, stats in rows(
             out, "SELECT r.params, h.stats FROM runs r JOIN hierarchy h USING (run_id) "
                  "WHERE r.workload = 'ddc-ptrchase'"))}
-    # 5 rounds of 200000 loads over 64 MiB, most missing the LLC, at 600 - 100 ns each
-    assert injected[("membind=1", 600)] > 0.5 * 5 * 200_000 * 500, injected
-    assert injected[("membind=0", 600)] < injected[("membind=1", 600)] / 100, injected
+    for latency in (250, 600):
+        # 5 rounds of 200000 loads over 64 MiB, most missing the LLC, at latency - 100 ns each
+        assert injected[("membind=1", latency)] > 0.5 * 5 * 200_000 * (latency - 100), injected
+        assert injected[("membind=0", latency)] < injected[("membind=1", latency)] / 100, injected
 
     # Guest counters: a membind=1 run allocated on node 1, a membind=0 run did not (much).
     node1_hits = dict(rows(out, "SELECT r.params, c.delta FROM runs r JOIN counters c USING (run_id) "
