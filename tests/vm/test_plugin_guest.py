@@ -210,12 +210,30 @@ def test_bandwidth_cap(blade: Blade) -> None:
     # (2.6-4 GB/s on the machines this was written on); a slower host (1.2-2
     # GB/s on some) gets half its own unlimited rate instead, so the test
     # judges the link and not the host's speed.
-    blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=0)
-    unlimited, _ = stream_gbps(blade, seconds=2)
-    cap = min(1.0, round(unlimited / 2, 2))
-    blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=cap)
+    #
+    # The cap is never exceeded, on every try. Reaching it needs the host to
+    # keep its speed for the try: on a busy 2-core host the same unlimited
+    # stream measured 0.7 GB/s in one 4-s run and 1.4 in the next, so a try
+    # that falls short is tried again, 3 times at most. A try that reaches
+    # the cap must also have been held back by the link: the plugin charged
+    # it queueing.
+    tries = []
     try:
-        measured, out = stream_gbps(blade, seconds=4)
+        for _ in range(3):
+            blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=0)
+            unlimited, _ = stream_gbps(blade, seconds=2)
+            cap = min(1.0, round(unlimited / 2, 2))
+            blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=cap)
+            blade.ctl.request("reset")
+            measured, out = stream_gbps(blade, seconds=4)
+            queue_s = sum(b["queue_ns"] for b in blade.ctl.stats()["blades"]) / 1e9
+            tries.append(f"cap {cap} GB/s (unlimited {unlimited}): {measured} GB/s, "
+                         f"link queueing {queue_s:.2f} s\n{out}")
+            assert measured <= 1.10 * cap, tries[-1]
+            if measured >= 0.90 * cap:
+                # the link held the stream back: the plugin charged queueing
+                assert queue_s > 0.1, tries[-1]
+                return
     finally:
         blade.link(latency_ns=500, bandwidth_gbps=0)
-    assert abs(measured - cap) <= 0.10 * cap, f"cap {cap} GB/s (unlimited {unlimited}):\n{out}"
+    pytest.fail("the stream never reached the cap within 10 %:\n" + "\n".join(tries))
