@@ -250,7 +250,6 @@ static uint64_t link_book(struct vcpu *v, int bi, struct blade *b, uint64_t now_
             uint32_t take = cap - used < lease ? (uint32_t)(cap - used) : lease;
             want = ((uint64_t)(uint32_t)k << 32) | (used + take);
             if (__atomic_compare_exchange_n(w, &old, want, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-                v->lease_slot[bi] = k;
                 v->lease_left[bi] = take - 1;
                 v->lease_gen[bi] = gen;
                 if (k > open) {

@@ -161,14 +161,13 @@ struct vcpu {
     int64_t owed_ns;            /* atomic; inject mode: stall not yet paid (may be < 0) */
     uint64_t skew_ns;           /* account mode: modelled stall so far (link clock) */
     bool slack_set;
-    /* link leases (ddc.c link_book): lines booked ahead in one slot per blade */
-    uint64_t lease_slot[MAX_BLADES];
     /* system mode: host page -> guest-physical offset (ddc.c, "Physical
      * addresses"), filled under hw_map */
     struct hw_memo hw_memo[HW_MEMO];
     const struct map *hw_map;
     uint32_t hw_checks;         /* accesses left to check against the API */
     uint32_t hw_tick;           /* memo hits until the next check */
+    /* link leases (ddc.c link_book, link_leased): lines booked ahead, per blade */
     uint32_t lease_left[MAX_BLADES];
     uint32_t lease_gen[MAX_BLADES];
     unsigned index;
