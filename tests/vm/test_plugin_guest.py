@@ -196,11 +196,10 @@ def test_injected_latency_per_dependent_load(blade: Blade, added: int, tolerance
 STREAM = "numactl --membind=1 ddc-stream -t 2 -s 256M -d {seconds} -m lines"
 
 
-def stream_gbps(blade: Blade, seconds: int) -> tuple[float, str]:
-    out = blade.sh(STREAM.format(seconds=seconds))
+def stream_gbps(out: str) -> float:
     m = re.search(r"^threads=2 .* gbps=([\d.]+)$", out, re.M)
     assert m, out
-    return float(m.group(1)), out
+    return float(m.group(1))
 
 
 def test_bandwidth_cap(blade: Blade) -> None:
@@ -221,12 +220,12 @@ def test_bandwidth_cap(blade: Blade) -> None:
     try:
         for _ in range(3):
             blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=0)
-            unlimited, _ = stream_gbps(blade, seconds=2)
+            unlimited = stream_gbps(blade.sh(STREAM.format(seconds=2)))
             cap = min(1.0, round(unlimited / 2, 2))
             blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=cap)
-            blade.ctl.request("reset")
-            measured, out = stream_gbps(blade, seconds=4)
-            queue_s = sum(b["queue_ns"] for b in blade.ctl.stats()["blades"]) / 1e9
+            out, stats = blade.counted(STREAM.format(seconds=4))
+            measured = stream_gbps(out)
+            queue_s = sum(b["queue_ns"] for b in stats["blades"]) / 1e9
             tries.append(f"cap {cap} GB/s (unlimited {unlimited}): {measured} GB/s, "
                          f"link queueing {queue_s:.2f} s\n{out}")
             assert measured <= 1.10 * cap, tries[-1]
