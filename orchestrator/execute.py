@@ -273,9 +273,10 @@ class Session:
         # sshd answers before boot is over; the rest of boot (under TCG, tens of
         # seconds of jobs) would share the vCPUs with the first runs: one probe
         # once took twice its time. Wait for it, but never fail a campaign on it.
-        code, out = self.shell.run(f"timeout {SETTLE_S} systemctl is-system-running --wait", timeout=SETTLE_S + 30)
-        if out.strip() not in ("running", "degraded"):
-            self.obs.say(f"{self.blade}: boot not finished after {SETTLE_S} s ({out.strip() or 'no answer'}); "
+        _, out = self.shell.run(f"timeout {SETTLE_S} systemctl is-system-running --wait", timeout=SETTLE_S + 30)
+        boot = out.strip()
+        if boot not in ("running", "degraded"):
+            self.obs.say(f"{self.blade}: boot not finished after {SETTLE_S} s ({boot or 'no answer'}); "
                          "running anyway")
 
     def _disconnect(self) -> None:
