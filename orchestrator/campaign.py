@@ -14,6 +14,8 @@ which testbed, how often. Expanded here into a list of runs; nothing is started.
       - name: redis
         params: {clients: 20}     # fixed for this workload
         matrix: {io_threads: [1, 2]}
+      - name: ddc-ptrchase
+        repetitions: 5            # this workload's own (a noisy probe); default: the campaign's
     matrix:                       # every combination, for every workload
       mb0.latency_ns: [150, 400, 900]
       placement: [membind=0, membind=1]
@@ -84,6 +86,7 @@ class WorkloadEntry(_Model):
     name: Name
     params: dict[str, ParamValue] = Field(default_factory=dict)
     matrix: Matrix = Field(default_factory=dict)
+    repetitions: int | None = Field(default=None, ge=1, le=1000)
 
 
 class CampaignSpec(_Model):
@@ -94,8 +97,17 @@ class CampaignSpec(_Model):
     warmup: int = Field(default=0, ge=0, le=100)
     timeout: float | None = Field(default=None, gt=0)
     sample_interval: float = Field(default=1.0, ge=0.2, le=60)
-    workloads: list[Name | WorkloadEntry] = Field(min_length=1)
+    workloads: list[WorkloadEntry] = Field(min_length=1)
     matrix: Matrix = Field(default_factory=dict)
+
+    @field_validator("workloads", mode="before")
+    @classmethod
+    def _by_name(cls, workloads: Any) -> Any:
+        """A bare name is an entry with only its name, so that an error in either
+        form names its own key (``workloads[0].name``, ``workloads[1].repetitions``)."""
+        if isinstance(workloads, list):
+            return [{"name": w} if isinstance(w, str) else w for w in workloads]
+        return workloads
 
     @field_validator("matrix")
     @classmethod
@@ -104,9 +116,6 @@ class CampaignSpec(_Model):
             if not values:
                 raise _KeyError(key, "is empty; give at least one value, or remove the key")
         return matrix
-
-    def entries(self) -> list[WorkloadEntry]:
-        return [w if isinstance(w, WorkloadEntry) else WorkloadEntry(name=w) for w in self.workloads]
 
 
 @dataclass(frozen=True)
@@ -186,13 +195,13 @@ def load_campaign(file: str | Path) -> CampaignPlan:
         raise SpecError(f"{where}: blade: {blade!r} is not a compute blade of {tb_file.name}",
                         hint=f"use one of: {', '.join(blades)}")
     workloads: dict[str, WorkloadSpec] = {}
-    for i, entry in enumerate(spec.entries()):
+    for i, entry in enumerate(spec.workloads):
         try:
             workloads[entry.name] = load_workload(entry.name)
         except DdcError as exc:
             raise SpecError(f"{where}: workloads[{i}]: {exc.message}", hint=exc.hint) from exc
     _check_matrix(where, "matrix", spec.matrix, rack, blade, list(workloads.values()))
-    for i, entry in enumerate(spec.entries()):
+    for i, entry in enumerate(spec.workloads):
         wl = workloads[entry.name]
         for key in entry.params:
             if key not in wl.params:
@@ -273,7 +282,8 @@ def run_id(workload: str, params: dict[str, Any], rep: int) -> str:
 def _expand(spec: CampaignSpec, rack: Rack, blade: str,
             workloads: dict[str, WorkloadSpec]) -> tuple[list[Run], list[Run]]:
     """Every run, in order: repetitions outermost, so that slow drift of the host
-    spreads over every combination instead of biasing the last ones. Each run's
+    spreads over every combination instead of biasing the last ones (a workload
+    with more repetitions than the others runs alone in the last rounds). Each run's
     parameters are complete: the testbed's link values and the workload's
     defaults where the matrix does not set them."""
     base: dict[str, Any] = {"placement": "default"}
@@ -281,8 +291,10 @@ def _expand(spec: CampaignSpec, rack: Rack, blade: str,
         base.update({f"{mb}.{key}": value for key, value in link.items()})
     runs: list[Run] = []
     warmups: list[Run] = []
-    for rep in range(spec.repetitions):
-        for entry in spec.entries():
+    for rep in range(max(entry.repetitions or spec.repetitions for entry in spec.workloads)):
+        for entry in spec.workloads:
+            if rep >= (entry.repetitions or spec.repetitions):
+                continue
             wl = workloads[entry.name]
             for combo in _combos({**spec.matrix, **entry.matrix}):
                 params = {**base, **wl.params, **entry.params, **combo}

@@ -49,6 +49,27 @@ def test_smoke_campaign_expands() -> None:
         ("membind=0", 250), ("membind=0", 600), ("membind=1", 250), ("membind=1", 600)}
     assert all(r.params["size"] == "64M" for r in chase), "fixed params override the workload's defaults"
     assert len({r.run_id for r in plan.runs}) == len(plan.runs)
+    assert len(chase) == 3 * 4, "the probe has repetitions of its own"
+
+
+def test_a_workload_with_its_own_repetitions(tmp_path: Path) -> None:
+    plan = load_campaign(write(tmp_path, """name: c
+repetitions: 2
+workloads:
+  - ddc-stream
+  - {name: ddc-ptrchase, repetitions: 4}
+  - {name: sysbench-memory, repetitions: 1}
+matrix:
+  placement: [membind=0, membind=1]
+"""))
+    reps = [(r.workload, r.rep) for r in plan.runs]
+    assert len(reps) == 2 * 2 + 4 * 2 + 1 * 2
+    assert {w: sum(1 for x, _ in reps if x == w) for w, _ in reps} == {
+        "ddc-stream": 4, "ddc-ptrchase": 8, "sysbench-memory": 2}
+    # still repetitions outermost: each round holds every workload that has one left
+    assert [w for w, rep in reps if rep == 1] == ["ddc-stream"] * 2 + ["ddc-ptrchase"] * 2
+    assert [w for w, rep in reps if rep >= 2] == ["ddc-ptrchase"] * 4
+    assert [r.seq for r in plan.runs] == list(range(len(reps)))
 
 
 def test_matrix_repetitions_and_warmups(tmp_path: Path) -> None:

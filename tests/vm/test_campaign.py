@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -86,39 +87,50 @@ def test_smoke_campaign(rack: Path, tmp_path: Path) -> None:
     assert all(r[3] == "ok" and r[4] > 0 for r in runs)
 
     # The probe sees remote memory, and its latency follows the runtime setting.
-    chase = {(p["placement"], p["mb0.latency_ns"]): v for p, v in (
-        (yaml.safe_load(params), value) for params, value in rows(
-            out, "SELECT r.params, m.value FROM runs r JOIN metrics m USING (run_id) "
-                 "WHERE r.workload = 'ddc-ptrchase' AND m.name = 'ns_per_load'"))}
-    assert len(chase) == 4
-    # In the guest's own clock, only gaps of 350 ns and more: one unpaired run
-    # against another varies by hundreds of ns on a busy host (node 0 took 925
-    # and 814 ns in one CI run, node 1 at +150 ns 913). The paired probe in
-    # test_plugin_guest measures small differences.
-    assert chase[("membind=1", 600)] > chase[("membind=1", 250)] + 200, chase
-    assert max(chase[("membind=0", 250)], chase[("membind=0", 600)]) < chase[("membind=1", 600)], chase
-    # Exactly, in the plugin's terms: node 1's chase is charged its added
-    # latency for most of its loads, node 0's is charged (almost) nothing.
-    injected = {(p["placement"], p["mb0.latency_ns"]): json.loads(stats)["total"]["injected_ns"] for p, stats in (
-        (yaml.safe_load(params), stats) for params, stats in rows(
-            out, "SELECT r.params, h.stats FROM runs r JOIN hierarchy h USING (run_id) "
-                 "WHERE r.workload = 'ddc-ptrchase'"))}
+    chase: dict[tuple[str, int], list[float]] = {}
+    for params, value in rows(out, "SELECT r.params, m.value FROM runs r JOIN metrics m USING (run_id) "
+                                   "WHERE r.workload = 'ddc-ptrchase' AND m.name = 'ns_per_load'"):
+        p = yaml.safe_load(params)
+        chase.setdefault((p["placement"], p["mb0.latency_ns"]), []).append(value)
+    assert sorted(len(v) for v in chase.values()) == [3] * 4, chase
+    # In the guest's own clock, only gaps of 350 ns and more, and on the median
+    # of 3 runs: one run against another varies by hundreds of ns on a busy host
+    # (in one CI run node 1 at +150 ns took 1379 ns a load, node 0 599; in
+    # another node 0 took 925). The paired probe in test_plugin_guest measures
+    # small differences.
+    ns = {key: statistics.median(values) for key, values in chase.items()}
+    assert ns[("membind=1", 600)] > ns[("membind=1", 250)] + 200, chase
+    assert max(ns[("membind=0", 250)], ns[("membind=0", 600)]) < ns[("membind=1", 600)], chase
+    # Exactly, in the plugin's terms, in every run: node 1's chase is charged its
+    # added latency for most of its loads, node 0's is charged (almost) nothing.
+    injected: dict[tuple[str, int, int], float] = {}
+    for params, rep, stats in rows(out, "SELECT r.params, r.rep, h.stats FROM runs r JOIN hierarchy h "
+                                        "USING (run_id) WHERE r.workload = 'ddc-ptrchase'"):
+        p = yaml.safe_load(params)
+        injected[(p["placement"], p["mb0.latency_ns"], rep)] = json.loads(stats)["total"]["injected_ns"]
+    assert len(injected) == 12
     for latency in (250, 600):
-        # 5 rounds of 200000 loads over 64 MiB, most missing the LLC, at latency - 100 ns each
-        assert injected[("membind=1", latency)] > 0.5 * 5 * 200_000 * (latency - 100), injected
-        assert injected[("membind=0", latency)] < injected[("membind=1", latency)] / 100, injected
+        for rep in range(3):
+            # 5 rounds of 200000 loads over 64 MiB, most missing the LLC, at latency - 100 ns each
+            assert injected[("membind=1", latency, rep)] > 0.5 * 5 * 200_000 * (latency - 100), injected
+            assert injected[("membind=0", latency, rep)] < injected[("membind=1", latency, rep)] / 100, injected
 
-    # Guest counters: a membind=1 run allocated on node 1, a membind=0 run did not (much).
-    node1_hits = dict(rows(out, "SELECT r.params, c.delta FROM runs r JOIN counters c USING (run_id) "
-                                "WHERE r.workload = 'ddc-ptrchase' AND c.source = 'numastat' AND c.node = 1 "
-                                "AND c.name = 'numa_hit'"))
-    by_placement = {yaml.safe_load(p)["placement"]: d for p, d in node1_hits.items()}
-    assert by_placement["membind=1"] > 10 * max(by_placement["membind=0"], 1), by_placement
+    def by_placement(sql: str) -> dict[str, list[float]]:
+        out_: dict[str, list[float]] = {}
+        for params, value in rows(out, sql):
+            out_.setdefault(yaml.safe_load(params)["placement"], []).append(value)
+        return out_
+
+    # Guest counters: every membind=1 run allocated on node 1, no membind=0 run did (much).
+    hits = by_placement("SELECT r.params, c.delta FROM runs r JOIN counters c USING (run_id) "
+                        "WHERE r.workload = 'ddc-ptrchase' AND c.source = 'numastat' AND c.node = 1 "
+                        "AND c.name = 'numa_hit'")
+    assert min(hits["membind=1"]) > 10 * max(max(hits["membind=0"]), 1), hits
     # Hierarchy statistics for exactly the run: a remote-bound chase reaches node 1.
-    memory = dict(rows(out, "SELECT r.params, n.memory FROM runs r JOIN nodes n USING (run_id) "
-                            "WHERE r.workload = 'ddc-ptrchase' AND n.node = 1"))
-    by_placement = {yaml.safe_load(p)["placement"]: m for p, m in memory.items()}
-    assert by_placement["membind=1"] > 100 * max(by_placement["membind=0"], 1), by_placement
+    memory = by_placement("SELECT r.params, n.memory FROM runs r JOIN nodes n USING (run_id) "
+                          "WHERE r.workload = 'ddc-ptrchase' AND n.node = 1")
+    assert sorted(len(v) for v in memory.values()) == [6, 6], memory
+    assert min(memory["membind=1"]) > 100 * max(max(memory["membind=0"]), 1), memory
     assert rows(out, "SELECT count(*) FROM levels")[0][0] == 3 * len(plan.runs)
     assert rows(out, "SELECT count(*) FROM counters WHERE source = 'domstats' AND name = 'cpu.time' "
                      "AND delta > 0")[0][0] == len(plan.runs)
