@@ -213,9 +213,9 @@ def test_bandwidth_cap(blade: Blade) -> None:
     # The cap is never exceeded, on every try. Reaching it needs the host to
     # keep its speed for the try: on a busy 2-core host the same unlimited
     # stream measured 0.7 GB/s in one 4-s run and 1.4 in the next, so a try
-    # that falls short is tried again, 3 times at most. A try that reaches
-    # the cap must also have been held back by the link: the plugin charged
-    # it queueing.
+    # that falls short is tried again, 3 times at most. A try counts only if
+    # the link held the stream back (the plugin charged it queueing): one
+    # where the host itself slowed to the cap proves nothing either way.
     tries = []
     try:
         for _ in range(3):
@@ -229,10 +229,8 @@ def test_bandwidth_cap(blade: Blade) -> None:
             tries.append(f"cap {cap} GB/s (unlimited {unlimited}): {measured} GB/s, "
                          f"link queueing {queue_s:.2f} s\n{out}")
             assert measured <= 1.10 * cap, tries[-1]
-            if measured >= 0.90 * cap:
-                # the link held the stream back: the plugin charged queueing
-                assert queue_s > 0.1, tries[-1]
+            if measured >= 0.90 * cap and queue_s > 0.1:
                 return
     finally:
         blade.link(latency_ns=500, bandwidth_gbps=0)
-    pytest.fail("the stream never reached the cap within 10 %:\n" + "\n".join(tries))
+    pytest.fail("the stream never reached the cap within 10 % while held back by the link:\n" + "\n".join(tries))
