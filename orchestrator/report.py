@@ -418,7 +418,8 @@ def summary_section(c: Campaign) -> list[Block]:
         if fixed:
             blocks.append(Text("Fixed: " + ", ".join(fixed) + "."))
         rows = [[_value(g.param(p)) for p in shown]
-                + [m, *c.info.get(m, ("", "")), str(s.n), _num(s.mean), _num(s.stdev), _num(s.ci95)]
+                + [m, *c.info.get(m, ("", "")), str(s.n), _num(s.mean),
+                   *((_num(s.stdev), _num(s.ci95)) if s.n > 1 else ("–", "–"))]  # one run: no spread
                 for g in groups for m, s in g.values.items()]
         blocks.append(Table([*shown, "metric", "unit", "better", "n", "mean", "stdev", "ci95"], rows))
     return blocks

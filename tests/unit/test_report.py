@@ -168,6 +168,17 @@ def test_markdown_content(report: tuple[Path, list[Path]]) -> None:
     assert "### campaign_yaml\n\n```\nname: synthetic\nworkloads: [stream, sysbench]\n```" in md  # verbatim
 
 
+def test_one_run_per_point_has_no_spread(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for r in records():
+        if r.rep == 0:
+            store.save(r)
+    store.close()
+    write_report(tmp_path)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| 200 | remote | triad_mb_s | MB/s | higher | 1 | 1800 | – | – |" in md  # 2000 - 200 + 0
+
+
 def test_html_is_escaped_and_self_contained(report: tuple[Path, list[Path]]) -> None:
     page = (report[0] / "report.html").read_text()
     assert "segfault in &lt;main&gt; &amp; friends" in page and "<main>" not in page
