@@ -291,9 +291,10 @@ def _expand(spec: CampaignSpec, rack: Rack, blade: str,
         base.update({f"{mb}.{key}": value for key, value in link.items()})
     runs: list[Run] = []
     warmups: list[Run] = []
-    for rep in range(max(entry.repetitions or spec.repetitions for entry in spec.workloads)):
-        for entry in spec.workloads:
-            if rep >= (entry.repetitions or spec.repetitions):
+    reps = [entry.repetitions or spec.repetitions for entry in spec.workloads]
+    for rep in range(max(reps)):
+        for entry, entry_reps in zip(spec.workloads, reps, strict=True):
+            if rep >= entry_reps:
                 continue
             wl = workloads[entry.name]
             for combo in _combos({**spec.matrix, **entry.matrix}):

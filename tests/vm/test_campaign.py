@@ -17,8 +17,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -60,6 +61,14 @@ def rows(out: Path, sql: str, *args: object) -> list[tuple]:
         db.close()
 
 
+def grouped(out: Path, key: Callable[[dict[str, Any]], Any], sql: str) -> dict[Any, list[Any]]:
+    """Rows of (run params, value), their values grouped by ``key(params)``, in row order."""
+    groups: dict[Any, list[Any]] = {}
+    for params, value in rows(out, sql):
+        groups.setdefault(key(json.loads(params)), []).append(value)
+    return groups
+
+
 def guest(rack: Path, command: str) -> str:
     return ddc("ssh", str(rack), "cb0", "--", "sh", "-c", command, check=False).stdout
 
@@ -87,11 +96,11 @@ def test_smoke_campaign(rack: Path, tmp_path: Path) -> None:
     assert all(r[3] == "ok" and r[4] > 0 for r in runs)
 
     # The probe sees remote memory, and its latency follows the runtime setting.
-    chase: dict[tuple[str, int], list[float]] = {}
-    for params, value in rows(out, "SELECT r.params, m.value FROM runs r JOIN metrics m USING (run_id) "
-                                   "WHERE r.workload = 'ddc-ptrchase' AND m.name = 'ns_per_load'"):
-        p = yaml.safe_load(params)
-        chase.setdefault((p["placement"], p["mb0.latency_ns"]), []).append(value)
+    def setting(p: dict[str, Any]) -> tuple[str, int]:
+        return p["placement"], p["mb0.latency_ns"]
+
+    chase = grouped(out, setting, "SELECT r.params, m.value FROM runs r JOIN metrics m USING (run_id) "
+                                  "WHERE r.workload = 'ddc-ptrchase' AND m.name = 'ns_per_load'")
     assert sorted(len(v) for v in chase.values()) == [3] * 4, chase
     # In the guest's own clock, only gaps of 350 ns and more, and on the median
     # of 3 runs: one run against another varies by hundreds of ns on a busy host
@@ -103,32 +112,27 @@ def test_smoke_campaign(rack: Path, tmp_path: Path) -> None:
     assert max(ns[("membind=0", 250)], ns[("membind=0", 600)]) < ns[("membind=1", 600)], chase
     # Exactly, in the plugin's terms, in every run: node 1's chase is charged its
     # added latency for most of its loads, node 0's is charged (almost) nothing.
-    injected: dict[tuple[str, int, int], float] = {}
-    for params, rep, stats in rows(out, "SELECT r.params, r.rep, h.stats FROM runs r JOIN hierarchy h "
-                                        "USING (run_id) WHERE r.workload = 'ddc-ptrchase'"):
-        p = yaml.safe_load(params)
-        injected[(p["placement"], p["mb0.latency_ns"], rep)] = json.loads(stats)["total"]["injected_ns"]
-    assert len(injected) == 12
+    injected = grouped(out, setting, "SELECT r.params, json_extract(h.stats, '$.total.injected_ns') "
+                                     "FROM runs r JOIN hierarchy h USING (run_id) "
+                                     "WHERE r.workload = 'ddc-ptrchase' ORDER BY r.rep")
+    assert sorted(len(v) for v in injected.values()) == [3] * 4, injected
     for latency in (250, 600):
-        for rep in range(3):
+        for node0, node1 in zip(injected[("membind=0", latency)], injected[("membind=1", latency)], strict=True):
             # 5 rounds of 200000 loads over 64 MiB, most missing the LLC, at latency - 100 ns each
-            assert injected[("membind=1", latency, rep)] > 0.5 * 5 * 200_000 * (latency - 100), injected
-            assert injected[("membind=0", latency, rep)] < injected[("membind=1", latency, rep)] / 100, injected
+            assert node1 > 0.5 * 5 * 200_000 * (latency - 100), injected
+            assert node0 < node1 / 100, injected
 
-    def by_placement(sql: str) -> dict[str, list[float]]:
-        out_: dict[str, list[float]] = {}
-        for params, value in rows(out, sql):
-            out_.setdefault(yaml.safe_load(params)["placement"], []).append(value)
-        return out_
+    def placement(p: dict[str, Any]) -> str:
+        return p["placement"]
 
     # Guest counters: every membind=1 run allocated on node 1, no membind=0 run did (much).
-    hits = by_placement("SELECT r.params, c.delta FROM runs r JOIN counters c USING (run_id) "
-                        "WHERE r.workload = 'ddc-ptrchase' AND c.source = 'numastat' AND c.node = 1 "
-                        "AND c.name = 'numa_hit'")
+    hits = grouped(out, placement, "SELECT r.params, c.delta FROM runs r JOIN counters c USING (run_id) "
+                                   "WHERE r.workload = 'ddc-ptrchase' AND c.source = 'numastat' AND c.node = 1 "
+                                   "AND c.name = 'numa_hit'")
     assert min(hits["membind=1"]) > 10 * max(max(hits["membind=0"]), 1), hits
     # Hierarchy statistics for exactly the run: a remote-bound chase reaches node 1.
-    memory = by_placement("SELECT r.params, n.memory FROM runs r JOIN nodes n USING (run_id) "
-                          "WHERE r.workload = 'ddc-ptrchase' AND n.node = 1")
+    memory = grouped(out, placement, "SELECT r.params, n.memory FROM runs r JOIN nodes n USING (run_id) "
+                                     "WHERE r.workload = 'ddc-ptrchase' AND n.node = 1")
     assert sorted(len(v) for v in memory.values()) == [6, 6], memory
     assert min(memory["membind=1"]) > 100 * max(max(memory["membind=0"]), 1), memory
     assert rows(out, "SELECT count(*) FROM levels")[0][0] == 3 * len(plan.runs)
