@@ -482,8 +482,16 @@ static inline struct vcpu *vcpu_of(unsigned int idx)
  * depends only on which RAMBlock is mapped there and where its region sits,
  * never on the guest's page tables (get_hwaddr still translates every
  * access through QEMU's TLB, so a guest page-table change is always seen).
- * So each vCPU remembers, for the last HW_MEMO host pages it touched,
- * host page -> offset.
+ * Within one RAMBlock the offset is the same across the whole block: its
+ * host mapping is one piece, and every range of the map is exactly one
+ * RAMBlock (memmap.py).  So a vCPU that has asked the API once for an
+ * address in a range knows the offset for the range's whole host span, and
+ * remembers it (HW_SPANS spans, the last one hit checked first).  Addresses
+ * outside every range (firmware, video RAM) fall back to a memo of the last
+ * HW_MEMO host pages touched, host page -> offset.  A program that chases
+ * pointers over more pages than that memo holds thus no longer calls the
+ * API on every load (a RAMBlock search that tries the block found last and
+ * then walks the list, so its cost even differed between NUMA nodes).
  *
  * Exactness:
  *  - RAMBlocks come and go only when a region is plugged or unplugged, and
@@ -522,6 +530,8 @@ static void hw_forget(struct vcpu *v, const struct map *m)
     for (unsigned i = 0; i < HW_MEMO; i++) {
         v->hw_memo[i].page = UINT64_MAX;
     }
+    memset(&v->span, 0, sizeof(v->span));
+    memset(v->spans, 0, sizeof(v->spans));
     v->hw_map = m;
 }
 
@@ -546,10 +556,45 @@ static inline uint64_t hw_remember(struct hw_memo *e, uint64_t host, uint64_t ph
     return phys;
 }
 
-/* A memo miss: ask the API, remember the page. */
+static inline bool in_span(const struct hw_span *s, uint64_t host)
+{
+    return host - s->lo < s->len;
+}
+
+/*
+ * Remember phys (the API's answer for host): the span of the map range it
+ * falls in, or else its host page.
+ */
+static uint64_t hw_learn(struct vcpu *v, uint64_t host, uint64_t phys)
+{
+    uint64_t lo, hi;
+    const struct range *r = v->hw_map ? map_find(v->hw_map, phys, &lo, &hi) : NULL;
+
+    if (!r) {
+        return hw_remember(hw_slot(v, host), host, phys);
+    }
+    v->span.lo = host - (phys - r->start);
+    v->span.len = r->end - r->start;
+    v->span.delta = phys - host;
+    v->spans[v->span_next++ % HW_SPANS] = v->span;
+    return phys;
+}
+
+/* Not in the last span: the other spans, the page memo, then the API. */
 static uint64_t __attribute__((noinline)) hw_fill(struct vcpu *v, struct qemu_plugin_hwaddr *hw, uint64_t host)
 {
-    return hw_remember(hw_slot(v, host), host, qemu_plugin_hwaddr_phys_addr(hw));
+    const struct hw_memo *e = hw_slot(v, host);
+
+    for (unsigned i = 0; i < HW_SPANS; i++) {
+        if (in_span(&v->spans[i], host)) {
+            v->span = v->spans[i];
+            return host + v->span.delta;
+        }
+    }
+    if (e->page == host >> HW_PAGE_SHIFT) {
+        return host + e->delta;
+    }
+    return hw_learn(v, host, qemu_plugin_hwaddr_phys_addr(hw));
 }
 
 /*
@@ -577,7 +622,11 @@ static uint64_t __attribute__((noinline)) hw_phys_api(struct vcpu *v, struct qem
         if (e->page == host >> HW_PAGE_SHIFT && host + e->delta != phys) {
             hw_layout_differs();
         }
+        if (in_span(&v->span, host) && host + v->span.delta != phys) {
+            hw_layout_differs();
+        }
         hw_remember(e, host, phys);
+        hw_learn(v, host, phys);
     }
     return phys;
 }
@@ -592,7 +641,7 @@ static uint64_t __attribute__((noinline)) hw_recheck(struct vcpu *v, struct qemu
     if (phys != memo) {
         BUMP(&g.hw_mismatches, 1);
         hw_forget(v, v->hw_map);
-        hw_remember(hw_slot(v, host), host, phys);
+        hw_learn(v, host, phys);
     }
     return phys;
 }
@@ -622,18 +671,14 @@ static void vcpu_mem_sys(unsigned int idx, qemu_plugin_meminfo_t info, uint64_t 
     if (__builtin_expect(v->hw_checks == 0 && LOAD(&g.hw_direct), 1)) {
         const struct hwaddr_72 *h = (const struct hwaddr_72 *)hw;
         uint64_t host = (uint64_t)(uintptr_t)h->v.ram.hostaddr;
-        const struct hw_memo *e = hw_slot(v, host);
 
         if (__builtin_expect(h->is_io, 0)) {
             BUMP(&v->c[C_IO], 1);
             return;
         }
-        if (__builtin_expect(e->page != host >> HW_PAGE_SHIFT, 0)) {
-            a = hw_fill(v, hw, host);
-        } else if (__builtin_expect(--v->hw_tick == 0, 0)) {
-            a = hw_recheck(v, hw, host, host + e->delta);
-        } else {
-            a = host + e->delta;
+        a = __builtin_expect(in_span(&v->span, host), 1) ? host + v->span.delta : hw_fill(v, hw, host);
+        if (__builtin_expect(--v->hw_tick == 0, 0)) {
+            a = hw_recheck(v, hw, host, a);
         }
     } else {
         a = hw_phys_api(v, hw, &io);

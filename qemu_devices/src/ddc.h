@@ -132,6 +132,15 @@ struct hw_memo {
     uint64_t delta;             /* physical - host, for that page */
 };
 
+#define HW_SPANS 8              /* map ranges whose host span a vCPU remembers */
+
+/* A RAMBlock's host mapping: physical = host + delta for every host address
+ * in [lo, lo + len). */
+struct hw_span {
+    uint64_t lo, len;           /* len 0: empty */
+    uint64_t delta;
+};
+
 enum {
     C_INSNS, C_LOADS, C_STORES, C_IO, C_SPLIT,
     C_MODELLED_NS, C_INJECTED_NS, C_STALLS,
@@ -163,6 +172,9 @@ struct vcpu {
     bool slack_set;
     /* system mode: host page -> guest-physical offset (ddc.c, "Physical
      * addresses"), filled under hw_map */
+    struct hw_span span;        /* the span of the last hit, checked first */
+    struct hw_span spans[HW_SPANS];
+    unsigned span_next;         /* round-robin victim in spans */
     struct hw_memo hw_memo[HW_MEMO];
     const struct map *hw_map;
     uint32_t hw_checks;         /* accesses left to check against the API */
