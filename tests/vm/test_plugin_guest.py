@@ -175,8 +175,9 @@ def paired_diff_ns(blade: Blade) -> float:
 def test_paired_probe_sees_no_difference_without_added_latency(blade: Blade) -> None:
     # The reference for the test below: same latency on both nodes, so the
     # paired difference is TCG's own (no cost for a remote range by itself).
-    # Usually within 12 ns here; one CI run saw 43 (node 1's host pages are a
-    # tmpfs pool's, node 0's anonymous memory), so the median of 3 within 50 ns.
+    # Usually within 12 ns here, but one CI run on a loaded host saw 43 and
+    # another 64 (both nodes are shared memory on 4 KiB host pages), so the
+    # median of 3 within 50 ns.
     blade.link(latency_ns=LOCAL_NS, bandwidth_gbps=0)
     try:
         assert abs(statistics.median(paired_diff_ns(blade) for _ in range(3))) <= 50
