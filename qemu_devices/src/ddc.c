@@ -580,21 +580,32 @@ static uint64_t hw_learn(struct vcpu *v, uint64_t host, uint64_t phys)
     return phys;
 }
 
-/* Not in the last span: the other spans, the page memo, then the API. */
-static uint64_t __attribute__((noinline)) hw_fill(struct vcpu *v, struct qemu_plugin_hwaddr *hw, uint64_t host)
+/* What the memo knows of host, in *phys: a span (which becomes the last
+ * one hit), else the page memo; false if neither holds it. */
+static bool hw_known(struct vcpu *v, uint64_t host, uint64_t *phys)
 {
     const struct hw_memo *e = hw_slot(v, host);
 
     for (unsigned i = 0; i < HW_SPANS; i++) {
         if (in_span(&v->spans[i], host)) {
             v->span = v->spans[i];
-            return host + v->span.delta;
+            *phys = host + v->span.delta;
+            return true;
         }
     }
     if (e->page == host >> HW_PAGE_SHIFT) {
-        return host + e->delta;
+        *phys = host + e->delta;
+        return true;
     }
-    return hw_learn(v, host, qemu_plugin_hwaddr_phys_addr(hw));
+    return false;
+}
+
+/* Not in the last span: the rest of the memo, then the API. */
+static uint64_t __attribute__((noinline)) hw_fill(struct vcpu *v, struct qemu_plugin_hwaddr *hw, uint64_t host)
+{
+    uint64_t phys;
+
+    return hw_known(v, host, &phys) ? phys : hw_learn(v, host, qemu_plugin_hwaddr_phys_addr(hw));
 }
 
 /*
@@ -618,20 +629,17 @@ static uint64_t __attribute__((noinline)) hw_phys_api(struct vcpu *v, struct qem
     if (h->is_io != *io) {
         hw_layout_differs();
     } else if (!*io) {
-        struct hw_memo *e = hw_slot(v, host);
-        if (e->page == host >> HW_PAGE_SHIFT && host + e->delta != phys) {
+        uint64_t memo;
+        if (!hw_known(v, host, &memo)) {
+            hw_learn(v, host, phys);
+        } else if (memo != phys) {
             hw_layout_differs();
         }
-        if (in_span(&v->span, host) && host + v->span.delta != phys) {
-            hw_layout_differs();
-        }
-        hw_remember(e, host, phys);
-        hw_learn(v, host, phys);
     }
     return phys;
 }
 
-/* A memo hit due for its periodic check: a stale entry empties the memo. */
+/* An access due for its periodic check: a stale answer empties the memo. */
 static uint64_t __attribute__((noinline)) hw_recheck(struct vcpu *v, struct qemu_plugin_hwaddr *hw,
                                                      uint64_t host, uint64_t memo)
 {
