@@ -487,8 +487,11 @@ static inline struct vcpu *vcpu_of(unsigned int idx)
  * RAMBlock (memmap.py).  So a vCPU that has asked the API once for an
  * address in a range knows the offset for the range's whole host span, and
  * remembers it (HW_SPANS spans, the last one hit checked first).  Addresses
- * outside every range (firmware, video RAM) fall back to a memo of the last
- * HW_MEMO host pages touched, host page -> offset.  A program that chases
+ * outside every range (firmware, video RAM, all RAM without a map) fall
+ * back to a memo of the last HW_MEMO host pages touched, host page ->
+ * offset, and the page last hit there becomes the span checked first, one
+ * page long (else a loop over such a page would leave the inline path on
+ * every access).  A program that chases
  * pointers over more pages than that memo holds thus no longer calls the
  * API on every load (a RAMBlock search that tries the block found last and
  * then walks the list, so its cost even differed between NUMA nodes).
@@ -549,10 +552,20 @@ static inline struct hw_memo *hw_slot(struct vcpu *v, uint64_t host)
     return &v->hw_memo[(host >> HW_PAGE_SHIFT) % HW_MEMO];
 }
 
-static inline uint64_t hw_remember(struct hw_memo *e, uint64_t host, uint64_t phys)
+/* The host page of e becomes the last span hit, so that the next accesses
+ * to the same page take the inline path. */
+static inline void hw_page_span(struct vcpu *v, const struct hw_memo *e)
+{
+    v->span.lo = e->page << HW_PAGE_SHIFT;
+    v->span.len = 1u << HW_PAGE_SHIFT;
+    v->span.delta = e->delta;
+}
+
+static inline uint64_t hw_remember(struct vcpu *v, struct hw_memo *e, uint64_t host, uint64_t phys)
 {
     e->page = host >> HW_PAGE_SHIFT;
     e->delta = phys - host;
+    hw_page_span(v, e);
     return phys;
 }
 
@@ -571,7 +584,7 @@ static uint64_t hw_learn(struct vcpu *v, uint64_t host, uint64_t phys)
     const struct range *r = v->hw_map ? map_find(v->hw_map, phys, &lo, &hi) : NULL;
 
     if (!r) {
-        return hw_remember(hw_slot(v, host), host, phys);
+        return hw_remember(v, hw_slot(v, host), host, phys);
     }
     v->span.lo = host - (phys - r->start);
     v->span.len = r->end - r->start;
@@ -594,6 +607,7 @@ static bool hw_known(struct vcpu *v, uint64_t host, uint64_t *phys)
         }
     }
     if (e->page == host >> HW_PAGE_SHIFT) {
+        hw_page_span(v, e);
         *phys = host + e->delta;
         return true;
     }

@@ -172,7 +172,7 @@ struct vcpu {
     bool slack_set;
     /* system mode: host page -> guest-physical offset (ddc.c, "Physical
      * addresses"), filled under hw_map */
-    struct hw_span span;        /* the span of the last hit, checked first */
+    struct hw_span span;        /* the span (or memo page) of the last hit, checked first */
     struct hw_span spans[HW_SPANS];
     unsigned span_next;         /* round-robin victim in spans */
     struct hw_memo hw_memo[HW_MEMO];
