@@ -26,7 +26,9 @@ powers off.  One boot per (repetition, variant).
 Variants:
   plain   no plugin
   floor   bench/floor_plugin.c: one callback per access, one range check
-  ddc     libddc: three levels (32K/1M/16M), latency 0, mode=account
+  ddc     libddc: three levels (32K/1M/16M), latency 0, mode=account;
+          with --system also a map with node 0's range over the guest's
+          RAM, as every blade has
   ddc-ni  the same with insns=off (no per-TB callback)
   ddc-off the same loaded with active=off, never activated: should match
           plain (no instrumentation while inactive)
@@ -116,6 +118,12 @@ WORKLOADS = [
 ]
 
 DDC_OPTS = ["mode=account", "local_ns=0", "cache=l1d:32K:8:64:private;l2:1M:16:64:private;llc:16M:16:64:shared"]
+GUEST_MIB = 512
+# In a blade, libddc always has a map with node 0's range (orchestrator/
+# memmap.py), and its physical-address memo knows that range's whole host
+# span.  The booted guest's RAM is one block below 4 GiB, so its range in the
+# plugin API's terms is [0, GUEST_MIB MiB); the floor gets no such help.
+DDC_SYSTEM_OPTS = [f"range=0:{GUEST_MIB << 20:x}:0"]
 CACHE_OPTS = ["dcachesize=32768", "dassoc=8", "dblksize=64", "icachesize=32768", "iassoc=8", "iblksize=64",
               "l2=on", "l2cachesize=1048576", "l2assoc=16", "l2blksize=64", "evict=lru"]
 
@@ -129,21 +137,23 @@ class Variant:
     name: str
     plugin: Path | None
     opts: tuple[str, ...] = ()
+    system_opts: tuple[str, ...] = ()   # added under --system only
 
-    def plugin_args(self) -> list[str]:
+    def plugin_args(self, system: bool = False) -> list[str]:
         if self.plugin is None:
             return []
+        opts = (*self.opts, *self.system_opts) if system else self.opts
         # QEMU splits -plugin at commas; write a literal one as ",,".
-        return ["-plugin", ",".join([str(self.plugin), *(o.replace(",", ",,") for o in self.opts)])]
+        return ["-plugin", ",".join([str(self.plugin), *(o.replace(",", ",,") for o in opts)])]
 
     def argv(self, workload: Workload, programs: Programs) -> list[str]:
         return [QEMU_USER, *self.plugin_args(), *workload.host_argv(programs)]
 
     def system_argv(self, kernel: Path, initrd: Path, specs: Sequence[str]) -> list[str]:
         append = "console=ttyS0 quiet panic=-1 -- all " + " ".join(specs)
-        return [QEMU_SYSTEM, "-accel", "tcg", "-smp", "2", "-m", "512", "-nodefaults", "-display", "none",
+        return [QEMU_SYSTEM, "-accel", "tcg", "-smp", "2", "-m", str(GUEST_MIB), "-nodefaults", "-display", "none",
                 "-no-reboot", "-serial", "stdio", "-monitor", "none", "-kernel", str(kernel),
-                "-initrd", str(initrd), "-append", append, *self.plugin_args()]
+                "-initrd", str(initrd), "-append", append, *self.plugin_args(system=True)]
 
 
 def run(argv: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -264,9 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             variants = [
                 Variant("plain", None),
                 Variant("floor", DEVICES / "build" / "libfloor.so"),
-                Variant("ddc", DEVICES / "build" / "libddc.so", tuple(DDC_OPTS)),
-                Variant("ddc-ni", DEVICES / "build" / "libddc.so", (*DDC_OPTS, "insns=off")),
-                Variant("ddc-off", DEVICES / "build" / "libddc.so", (*DDC_OPTS, "active=off")),
+                Variant("ddc", DEVICES / "build" / "libddc.so", tuple(DDC_OPTS), tuple(DDC_SYSTEM_OPTS)),
+                Variant("ddc-ni", DEVICES / "build" / "libddc.so", (*DDC_OPTS, "insns=off"), tuple(DDC_SYSTEM_OPTS)),
+                Variant("ddc-off", DEVICES / "build" / "libddc.so", (*DDC_OPTS, "active=off"), tuple(DDC_SYSTEM_OPTS)),
             ]
             if not args.skip_cache:
                 variants.append(Variant("cache", build_contrib_cache(out), tuple(CACHE_OPTS)))
