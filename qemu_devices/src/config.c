@@ -428,8 +428,8 @@ int parse_options(int argc, char **argv, char *err, size_t errlen)
                 return fail(err, errlen, "local_ns=%s: not a whole number of ns", v);
             }
         } else if (KEY("batch_ns")) {
-            if (parse_u64(v, &g.batch_ns, 10) || g.batch_ns > 1000000000ULL) {
-                return fail(err, errlen, "batch_ns=%s: want 0..1000000000 ns", v);
+            if (parse_u64(v, &g.batch_ns, 10) || g.batch_ns > MAX_BATCH_NS) {
+                return fail(err, errlen, "batch_ns=%s: want 0..%llu ns", v, (unsigned long long)MAX_BATCH_NS);
             }
         } else if (KEY("insns")) {
             if (!strcmp(v, "on")) {

@@ -171,6 +171,22 @@ static int cmd_set_local_latency(const struct jval *req, char *err, size_t errle
     return 0;
 }
 
+/* How much owed stall an inject-mode vCPU gathers before it pays (stall()). */
+static int cmd_set_batch(const struct jval *req, char *err, size_t errlen)
+{
+    static const char *const keys[] = { "batch_ns", NULL };
+    uint64_t v = 0;
+
+    if (only_keys(req, keys, err, errlen) || get_uint(req, "batch_ns", &v, err, errlen)) {
+        return -1;
+    }
+    if (v > MAX_BATCH_NS) {
+        return fail(err, errlen, "batch_ns must be 0..%llu", (unsigned long long)MAX_BATCH_NS);
+    }
+    STORE(&g.batch_ns, v);
+    return 0;
+}
+
 static int cmd_set_mode(const struct jval *req, char *err, size_t errlen)
 {
     static const char *const keys[] = { "mode", NULL };
@@ -265,13 +281,15 @@ static bool handle(const char *line, struct sbuf *out)
         rc = cmd_set_link(req, err, sizeof(err));
     } else if (!strcmp(cmd->str, "set_local_latency")) {
         rc = cmd_set_local_latency(req, err, sizeof(err));
+    } else if (!strcmp(cmd->str, "set_batch")) {
+        rc = cmd_set_batch(req, err, sizeof(err));
     } else if (!strcmp(cmd->str, "set_mode")) {
         rc = cmd_set_mode(req, err, sizeof(err));
     } else if (!strcmp(cmd->str, "activate") || !strcmp(cmd->str, "deactivate")) {
         rc = cmd_switch(req, !strcmp(cmd->str, "activate"), out, err, sizeof(err));
     } else {
         snprintf(err, sizeof(err), "unknown cmd '%s' (valid: stats, config, reset, set_map, "
-                 "set_link, set_local_latency, set_mode, activate, deactivate)", cmd->str);
+                 "set_link, set_local_latency, set_batch, set_mode, activate, deactivate)", cmd->str);
     }
     pthread_mutex_unlock(&g.ctl_lock);
     if (arm_after_unlock >= 0) {

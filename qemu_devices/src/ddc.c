@@ -304,7 +304,7 @@ static void charge(struct vcpu *v, const struct range *r, uint32_t node)
     if (mode == MODE_INJECT) {
         int64_t owed = LOAD(&v->owed_ns) + (int64_t)d;
         STORE(&v->owed_ns, owed);
-        if (owed >= (int64_t)g.batch_ns && owed > 0) {
+        if (owed >= (int64_t)LOAD(&g.batch_ns) && owed > 0) {
             stall(v);
         }
     } else {

@@ -36,6 +36,7 @@
 #define MAX_RANGES  64
 #define MAX_VCPUS   1024    /* user mode hands out one index per guest thread */
 #define NAME_LEN    32
+#define MAX_BATCH_NS 1000000000ULL  /* batch_ns: at most one second of owed stall */
 
 /* Relaxed atomics: a single writer per counter, readers tolerate staleness. */
 #define LOAD(p)      __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -196,7 +197,7 @@ struct ddc {
     unsigned nlevels;
     char sock_path[108];
     char stats_path[4096];
-    uint64_t batch_ns;
+    uint64_t batch_ns;          /* atomic: set_batch changes it at run time */
     bool count_insns;           /* insns=on: one exec callback per TB */
     uint64_t plugin_id;         /* qemu_plugin_id_t, for qemu_plugin_reset() */
     bool system_emulation;

@@ -214,7 +214,7 @@ void config_render(struct sbuf *b)
               "\"batch_ns\":%llu,\"insns\":%s,\"vcpus\":%u,\"hw_memo\":%s,\"hw_mismatches\":%llu,\"cache\":[",
               g.system_emulation ? "true" : "false", g.system_emulation ? "phys" : "virt",
               LOAD(&g.mode) == MODE_INJECT ? "inject" : "account",
-              LOAD(&g.active) ? "true" : "false", (unsigned long long)LOAD(&g.local_ns), (unsigned long long)g.batch_ns,
+              LOAD(&g.active) ? "true" : "false", (unsigned long long)LOAD(&g.local_ns), (unsigned long long)LOAD(&g.batch_ns),
               g.count_insns ? "true" : "false", nvcpus(), LOAD(&g.hw_direct) ? "true" : "false",
               (unsigned long long)LOAD(&g.hw_mismatches));
     for (unsigned i = 0; i < g.nlevels; i++) {

@@ -216,6 +216,34 @@ def test_inject_mode_stalls_the_guest(built: Built, tmp_path: Path) -> None:
     assert elapsed >= t["injected_ns"]
 
 
+def test_batch_changed_at_run_time(live_guest: Any) -> None:
+    """set_batch changes how much owed stall a vCPU gathers before it pays:
+    the same 5 ms of stall is paid in a few stalls with 1 ms batches, and in
+    many with 20 us batches.  Each stall pays at least its batch, so the
+    batch bounds the count from above; a stall oversleeps on a busy host (a
+    20 us sleep took 51 us here), hence the loose lower bound."""
+    n, d = 500, 10_000
+    g = live_guest(["mode=inject", "local_ns=100", f"blade=mb0:{100 + d}", REMOTE_RANGE, "batch_ns=1000000"],
+                   [f"{BASE:x}", str(SIZE)])
+    assert g.ctl.ok("config")["batch_ns"] == 1_000_000
+    assert g.command(f"touch 0 {n} 64").startswith("done")
+    before = g.ctl.ok("stats")["total"]
+    assert before["injected_ns"] + before["owed_ns"] == n * d
+    assert 1 <= before["stalls"] <= n * d // 1_000_000
+
+    g.ctl.ok("set_batch", batch_ns=20_000)
+    assert g.ctl.ok("config")["batch_ns"] == 20_000
+    assert g.command(f"touch {n} {n} 64").startswith("done")
+    after = g.ctl.ok("stats")["total"]
+    assert after["injected_ns"] + after["owed_ns"] == 2 * n * d
+    assert 20 <= after["stalls"] - before["stalls"] <= n * d // 20_000 + 1
+
+    assert "batch_ns must be 0..1000000000" in g.ctl("set_batch", batch_ns=2_000_000_000)["error"]
+    assert "batch_ns must be a non-negative integer" in g.ctl("set_batch", batch_ns=-1)["error"]
+    assert "unknown key 'batch'" in g.ctl("set_batch", batch=5)["error"]
+    assert g.ctl.ok("config")["batch_ns"] == 20_000
+
+
 # ---- (4) control socket ------------------------------------------------------------
 
 def test_control_socket_live(live_guest: Any) -> None:
