@@ -160,7 +160,8 @@ def test_latency_changes_at_runtime_and_is_charged_exactly(blade: Blade) -> None
 # slowly (exec time per load, wall minus injected, rises by 40-130 ns), whether
 # the stall sleeps or spins, in batches of 2 us to 10 ms, and with the guest's
 # tick removed (nohz_full). Kept running, so a fix shows as XPASS.
-LATENCY_GAP = "guest-measured stall exceeds the charged one by 10-30 %, more on a busier host (issue 3 open)"
+LATENCY_GAP = ("guest-measured stall exceeds the charged one by 10-30 %, more on a busier host "
+               "(issue 3, blocked on this host: qemu_devices/README.md, Known gap)")
 
 
 def paired_diff_ns(blade: Blade) -> float:
