@@ -123,7 +123,7 @@ GUEST_MIB = 512
 # memmap.py), and its physical-address memo knows that range's whole host
 # span.  The booted guest's RAM is one block below 4 GiB, so its range in the
 # plugin API's terms is [0, GUEST_MIB MiB); the floor gets no such help.
-DDC_SYSTEM_OPTS = [f"range=0:{GUEST_MIB << 20:x}:0"]
+DDC_SYSTEM_OPTS = (f"range=0:{GUEST_MIB << 20:x}:0",)
 CACHE_OPTS = ["dcachesize=32768", "dassoc=8", "dblksize=64", "icachesize=32768", "iassoc=8", "iblksize=64",
               "l2=on", "l2cachesize=1048576", "l2assoc=16", "l2blksize=64", "evict=lru"]
 
@@ -274,9 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             variants = [
                 Variant("plain", None),
                 Variant("floor", DEVICES / "build" / "libfloor.so"),
-                Variant("ddc", DEVICES / "build" / "libddc.so", tuple(DDC_OPTS), tuple(DDC_SYSTEM_OPTS)),
-                Variant("ddc-ni", DEVICES / "build" / "libddc.so", (*DDC_OPTS, "insns=off"), tuple(DDC_SYSTEM_OPTS)),
-                Variant("ddc-off", DEVICES / "build" / "libddc.so", (*DDC_OPTS, "active=off"), tuple(DDC_SYSTEM_OPTS)),
+                Variant("ddc", DEVICES / "build" / "libddc.so", tuple(DDC_OPTS), DDC_SYSTEM_OPTS),
+                Variant("ddc-ni", DEVICES / "build" / "libddc.so", (*DDC_OPTS, "insns=off"), DDC_SYSTEM_OPTS),
+                Variant("ddc-off", DEVICES / "build" / "libddc.so", (*DDC_OPTS, "active=off"), DDC_SYSTEM_OPTS),
             ]
             if not args.skip_cache:
                 variants.append(Variant("cache", build_contrib_cache(out), tuple(CACHE_OPTS)))

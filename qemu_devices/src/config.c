@@ -203,6 +203,16 @@ int blade_find(const char *name)
     return -1;
 }
 
+/* The batch_ns option, also set at run time (set_batch). */
+int batch_set(uint64_t ns, char *err, size_t errlen)
+{
+    if (ns > MAX_BATCH_NS) {
+        return fail(err, errlen, "batch_ns must be 0..%llu", (unsigned long long)MAX_BATCH_NS);
+    }
+    STORE(&g.batch_ns, ns);
+    return 0;
+}
+
 /* Create or update a blade; NULL leaves a field as it is.  Caller holds
  * g.ctl_lock (or runs before any vCPU exists). */
 int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbps,
@@ -428,7 +438,8 @@ int parse_options(int argc, char **argv, char *err, size_t errlen)
                 return fail(err, errlen, "local_ns=%s: not a whole number of ns", v);
             }
         } else if (KEY("batch_ns")) {
-            if (parse_u64(v, &g.batch_ns, 10) || g.batch_ns > MAX_BATCH_NS) {
+            uint64_t ns;
+            if (parse_u64(v, &ns, 10) || batch_set(ns, err, errlen)) {
                 return fail(err, errlen, "batch_ns=%s: want 0..%llu ns", v, (unsigned long long)MAX_BATCH_NS);
             }
         } else if (KEY("insns")) {

@@ -180,11 +180,7 @@ static int cmd_set_batch(const struct jval *req, char *err, size_t errlen)
     if (only_keys(req, keys, err, errlen) || get_uint(req, "batch_ns", &v, err, errlen)) {
         return -1;
     }
-    if (v > MAX_BATCH_NS) {
-        return fail(err, errlen, "batch_ns must be 0..%llu", (unsigned long long)MAX_BATCH_NS);
-    }
-    STORE(&g.batch_ns, v);
-    return 0;
+    return batch_set(v, err, errlen);
 }
 
 static int cmd_set_mode(const struct jval *req, char *err, size_t errlen)

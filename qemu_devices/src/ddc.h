@@ -276,6 +276,7 @@ int parse_size(const char *s, uint64_t *out);
 int parse_cache_spec(const char *spec, char *err, size_t errlen);
 int parse_options(int argc, char **argv, char *err, size_t errlen);
 int blade_find(const char *name);
+int batch_set(uint64_t ns, char *err, size_t errlen);
 int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbps,
               char *err, size_t errlen);
 int map_publish(const struct range *r, unsigned n, char *err, size_t errlen);
