@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Collection
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -216,6 +217,13 @@ class TestbedSpec(_Model):
                                     "or grow the blade")
                 used[piece.blade] += piece.size
         for i, mb in enumerate(self.memory_blades):
+            # The plugin charges latency_ns - local_latency_ns per remote access and
+            # cannot charge less than nothing: a faster blade would silently cost 0.
+            if mb.latency_ns < self.local_latency_ns:
+                raise _KeyError(f"memory_blades[{i}].latency_ns",
+                                f"{mb.latency_ns} is below local_latency_ns ({self.local_latency_ns}); remote "
+                                "memory cannot be faster than local memory in this model: raise it to at least "
+                                f"{self.local_latency_ns}, or lower local_latency_ns")
             if used[mb.name] > mb.size:
                 raise _KeyError(f"memory_blades[{i}].size",
                                 f"slices of {mb.name!r} add up to {format_size(used[mb.name])}, more "
@@ -240,6 +248,15 @@ class TestbedSpec(_Model):
     def total_memory(self) -> int:
         """Host RAM the rack needs: every blade's local memory plus every pool."""
         return sum(cb.memory for cb in self.compute_blades) + sum(mb.size for mb in self.memory_blades)
+
+
+def check_image(spec: TestbedSpec, recipes: Collection[str], source: str) -> None:
+    """Refuse an ``image:`` that names no recipe. ``recipes`` are the names the caller
+    found (``image.recipe_names()``): this module reads no directory of its own."""
+    if spec.image not in recipes:
+        fix = (f"use one of: {', '.join(sorted(recipes))}" if recipes
+               else "no recipe exists (no images/*/recipe.yaml, or DDC_IMAGES_DIR points elsewhere)")
+        raise SpecError(f"{source}: image: {spec.image!r} is not an image recipe; {fix}")
 
 
 class _KeyError(ValueError):

@@ -34,7 +34,7 @@ from .hierarchy import Figures, figures
 from .hypervisor import ABSENT, Hypervisor, kvm_works
 from .render import DomainConfig, domain_xml
 from .runner import run
-from .spec import TestbedSpec, check_name, format_size, load_testbed
+from .spec import TestbedSpec, check_image, check_name, format_size, load_testbed
 from .state import BladeRecord, Phase, TestbedState
 from .topology import ComputeBlade, Rack, check_fits_host, host_memory, resolve
 
@@ -63,6 +63,7 @@ def plan(spec_file: str | Path) -> Plan:
     """Parse, validate and resolve a testbed file; touch nothing."""
     path = Path(spec_file)
     spec = load_testbed(path)
+    check_image(spec, images.recipe_names(), str(path))
     check_fits_host(spec, host_memory(), str(path))
     digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
     return Plan(path.resolve(), spec, resolve(spec, paths.pool_root()), digest)
