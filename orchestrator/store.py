@@ -16,12 +16,20 @@ that run, and resuming redoes it. The tables (all keyed by ``run_id``):
 ``samples``   1-second time series while the run ran: source ``plugin`` or
               ``guest``, counter name, value, seconds since the run started
 ``meta``      the campaign: its name, file text, testbed file text, etc.
+
+The database appears whole: it is made with every table under a temporary name
+in the same directory and then published, so a reader (`ddc results`, `ddc
+report`, a test polling a campaign that is starting) finds either no file or a
+store with its schema, never one half made (see :func:`_create`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -105,23 +113,50 @@ class RunRecord:
 
 
 class Store:
-    def __init__(self, directory: str | Path) -> None:
+    """A campaign's store. ``Store(directory)`` opens it for writing and creates it
+    if it does not exist (a resumed campaign opens the one there);
+    :meth:`open_existing` is for readers, which create and change nothing."""
+
+    def __init__(self, directory: str | Path, *, create: bool = True) -> None:
         self.path = Path(directory) / DB_NAME
+        if not create:
+            self.db = _connect(self.path)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
+        if not self.path.exists():
+            _create(self.path)
+        self.db = _connect(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        # A no-op on a store made whole; completes one left half made by an older ddc.
         self.db.executescript(SCHEMA)
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     @classmethod
     def open_existing(cls, directory: str | Path) -> Store:
+        """Open a campaign's store to read it; one clear error if there is none (yet)."""
         from .errors import StateError
 
-        if not (Path(directory) / DB_NAME).is_file():
-            raise StateError(f"{directory}: no {DB_NAME} here",
-                             hint="give the campaign's results directory (see `ddc run --out`)")
-        return cls(directory)
+        fix = "give the results directory of a campaign (`ddc run --out DIR`)"
+        directory = Path(directory)
+        path = directory / DB_NAME
+        if not directory.is_dir():
+            raise StateError(f"{directory}: no such directory (so no {DB_NAME}); {fix}")
+        if not path.is_file():
+            raise StateError(f"{directory}: no {DB_NAME} here (yet); {fix}, or wait until `ddc run` has started")
+        try:
+            store = cls(directory, create=False)
+        except sqlite3.Error as exc:
+            raise StateError(f"{path}: cannot open: {exc}; {fix}") from exc
+        try:
+            names = {n for (n,) in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            store.close()
+            raise StateError(f"{path}: not a results store ({exc}); {fix}") from exc
+        if "runs" not in names:
+            store.close()
+            raise StateError(f"{path}: not a results store (it has no runs table); {fix}")
+        return store
 
     def close(self) -> None:
         self.db.close()
@@ -202,3 +237,52 @@ class Store:
         return {n: (u, b) for n, u, b in self.db.execute("SELECT DISTINCT name, unit, better FROM metrics")}
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    # mode=rw: open the file that is there, never create an empty one in its place.
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
+                           isolation_level=None)  # transactions are explicit
+
+
+def _create(path: Path) -> None:
+    """Make a store with its whole schema beside ``path``, then publish it at ``path``.
+
+    The schema is written into a temporary file in the same directory (so on the
+    same file system), which is then hard-linked to the final name: link() is
+    atomic, so a reader sees no file or the whole store, and unlike rename() it
+    fails when the name exists. Two campaigns that find no store at the same
+    moment both build one, the first link wins, and the other opens the winner's
+    store instead of replacing it (a rename would have dropped the runs already
+    saved into the first). A file system without hard links falls back to
+    rename(), after one more look for a store that appeared meanwhile.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.new")
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.executescript(f"BEGIN;{SCHEMA}COMMIT;")
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            # Recorded in the file header, so the store is in WAL mode from its first reader on.
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()  # the last connection: SQLite checkpoints and removes -wal and -shm
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another creator published first; its store is whole: use it
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+                raise
+            if not path.exists():
+                os.rename(tmp, path)
+        _fsync_directory(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the new name durable: after a crash the store is there, or absent, not half named."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

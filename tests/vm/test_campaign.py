@@ -61,6 +61,28 @@ def rows(out: Path, sql: str, *args: object) -> list[tuple]:
         db.close()
 
 
+def stored_runs(out: Path) -> int:
+    """Runs in the store so far: 0 while `ddc run` has not created it. The store
+    appears with its tables (made aside, then linked into place), so once the file
+    exists the count can be read; fewer runs than wanted is just not there yet."""
+    if not (out / "results.sqlite").exists():
+        return 0
+    return int(rows(out, "SELECT count(*) FROM runs")[0][0])
+
+
+def wait_for_runs(proc: subprocess.Popen[Any], out: Path, count: int, timeout: float = 300) -> None:
+    """Wait until ``count`` runs are stored; fail at once, with the reason, if `ddc run` exits first."""
+    deadline = time.monotonic() + timeout
+    while stored_runs(out) < count:
+        if proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"`ddc run` exited ({proc.returncode}) with {stored_runs(out)} of {count} runs stored\n"
+                        f"{output}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{stored_runs(out)} of {count} runs stored after {timeout:g} s")
+        time.sleep(0.2)
+
+
 def grouped(out: Path, key: Callable[[dict[str, Any]], Any], sql: str) -> dict[Any, list[Any]]:
     """Rows of (run params, value), their values grouped by ``key(params)``, in row order."""
     groups: dict[Any, list[Any]] = {}
@@ -160,11 +182,7 @@ def test_resume_after_kill_9(rack: Path, tmp_path: Path, monkeypatch: pytest.Mon
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(file), "--out", str(out)],
                             env={**os.environ, **EXTRA}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if (out / "results.sqlite").exists() and rows(out, "SELECT count(*) FROM runs")[0][0] >= 2:
-                break
-            time.sleep(0.2)
+        wait_for_runs(proc, out, 2)
         time.sleep(1.0)  # in the middle of the third run
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -189,11 +207,7 @@ def test_timeout_and_dead_blade(rack: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(file), "--out", str(out)],
                             env={**os.environ, **EXTRA}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "results.sqlite").exists() and rows(out, "SELECT count(*) FROM runs")[0][0] >= 2:
-                break
-            time.sleep(0.2)
+        wait_for_runs(proc, out, 2)
         time.sleep(3.0)  # the third run (25 s) is running: kill its blade's QEMU
         st = state.load(NAME)
         assert st is not None
