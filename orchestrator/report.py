@@ -6,20 +6,28 @@ so a report can be redrawn anywhere, long after the blades are gone. It holds:
 * the campaign (meta table), runs by status, and every failed or timed-out run
   with its error;
 * per workload, each metric summarised over repetitions: runs of status ok are
-  grouped by workload and every parameter; n, mean, sample stdev and the
-  half-width of the 95% confidence interval (Student's t);
+  grouped by workload and every parameter; n, mean, sample stdev, min, max and
+  the half-width of the 95% confidence interval (Student's t) from 3
+  repetitions on (with 2, t = 12.7 and the interval says nothing);
 * plots, each skipped with a reason when its data is absent:
   ``slowdown.png`` (primary metric against remote latency, relative to the
   lowest latency), ``hierarchy.png`` (miss ratio per cache level),
   ``amat.png`` (average memory access time against latency) and
   ``timeseries.png`` (counters sampled during one run).
 
+Plots show every repetition as a dot and the means as a line (or a bar). The
+error bars show what the data can carry (:func:`interval`): nothing for one
+repetition, min-max for two, the 95% t-interval from three on, and min-max
+again where that interval would reach 0 or below, since a slowdown, a time or a
+throughput cannot (an interval is not drawn clipped: it would no longer be one).
+Each plot's caption and each summary table say which bars it has.
+
 The remote latency is the first parameter (sorted) whose name ends with
 ``latency_ns``; a workload's primary metric is ``meta['primary.<workload>']``
 or else its first metric alphabetically. The numbers come from pure functions
-(:func:`summarize`, :func:`group_runs`, :func:`by_latency`, :func:`slowdowns`,
-:func:`as_rate`), the text from a list of blocks rendered once as Markdown and
-once as HTML, so both files say the same.
+(:func:`summarize`, :func:`interval`, :func:`group_runs`, :func:`by_latency`,
+:func:`slowdowns`, :func:`as_rate`), the text from a list of blocks rendered
+once as Markdown and once as HTML, so both files say the same.
 """
 
 from __future__ import annotations
@@ -28,8 +36,10 @@ import html
 import json
 import math
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -53,6 +63,9 @@ PREFERRED_COUNTERS = ("injected_ns", "memory", "numa_hit", "numa_miss", "pgmigra
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+# Fewer repetitions give no confidence interval worth showing: with 2, the 95% t-interval
+# is 12.7 standard errors wide each way (a slowdown of 1.1 +- 4 told readers nothing).
+MIN_CI_N = 3
 
 Params = tuple[tuple[str, Any], ...]  # sorted (name, value) pairs; values hashable
 
@@ -70,17 +83,78 @@ def t95(df: int) -> float:
 class Summary:
     n: int
     mean: float
-    stdev: float  # sample standard deviation; 0 for one value
-    ci95: float  # half-width of the 95% confidence interval of the mean
+    stdev: float | None  # sample standard deviation; None for one value
+    ci95: float | None  # half-width of the 95% t-interval of the mean; None under MIN_CI_N values
+    low: float  # the smallest repetition
+    high: float  # the largest
+    values: tuple[float, ...]  # every repetition, in run order
 
 
 def summarize(values: Sequence[float]) -> Summary:
     n = len(values)
     mean = statistics.fmean(values)
-    if n < 2:
-        return Summary(n, mean, 0.0, 0.0)
-    stdev = statistics.stdev(values)
-    return Summary(n, mean, stdev, t95(n - 1) * stdev / math.sqrt(n))
+    stdev = statistics.stdev(values) if n > 1 else None
+    ci95 = t95(n - 1) * stdev / math.sqrt(n) if stdev is not None and n >= MIN_CI_N else None
+    return Summary(n, mean, stdev, ci95, min(values), max(values), tuple(values))
+
+
+class BarKind(StrEnum):
+    NONE = "none"  # one repetition: the point alone
+    MINMAX = "min-max"  # fewer than MIN_CI_N repetitions
+    MINMAX_FLOOR = "min-max-floor"  # enough repetitions, but the t-interval would reach 0 or below
+    T95 = "t95"  # the 95% t-interval of the mean
+
+    def describe(self, n: int) -> str:
+        if self is BarKind.NONE:
+            return "none (1 repetition: the point alone)"
+        if self is BarKind.MINMAX:
+            return f"min-max of {n} repetitions"
+        if self is BarKind.MINMAX_FLOOR:
+            return f"min-max of {n} repetitions (their 95 % t-interval would reach 0 or below)"
+        return f"95 % t-interval of {n} repetitions"
+
+
+@dataclass(frozen=True)
+class Bar:
+    """The error bar of one point: from ``low`` to ``high``, and what it is."""
+
+    kind: BarKind
+    n: int
+    low: float
+    high: float
+
+
+def interval(s: Summary, positive: bool = True) -> Bar:
+    """The bar a point's repetitions can carry.
+
+    One repetition: none. Fewer than MIN_CI_N: min-max. Otherwise the 95%
+    t-interval of the mean, unless ``positive`` (the quantity cannot be 0 or
+    below: a time, a throughput, a slowdown) and the interval would reach 0: then
+    min-max, which stays within what was measured. Clipping the interval at 0
+    instead would draw something that is no longer a 95% interval.
+    """
+    if s.n == 1:
+        return Bar(BarKind.NONE, 1, s.mean, s.mean)
+    if s.ci95 is None:
+        return Bar(BarKind.MINMAX, s.n, s.low, s.high)
+    if positive and s.mean - s.ci95 <= 0:
+        return Bar(BarKind.MINMAX_FLOOR, s.n, s.low, s.high)
+    return Bar(BarKind.T95, s.n, s.mean - s.ci95, s.mean + s.ci95)
+
+
+_BAR_ORDER = (BarKind.T95, BarKind.MINMAX_FLOOR, BarKind.MINMAX, BarKind.NONE)
+
+
+def describe_bars(bars: Iterable[Bar]) -> str:
+    """``bars: min-max of 2 repetitions``; with several kinds, each with its number of points."""
+    counts = Counter((b.kind, b.n) for b in bars)
+    if not counts:
+        return "bars: none"
+    keys = sorted(counts, key=lambda k: (_BAR_ORDER.index(k[0]), -k[1]))
+    if len(keys) == 1:
+        return "bars: " + keys[0][0].describe(keys[0][1])
+    return "bars: " + "; ".join(f"{kind.describe(n)} at {counts[(kind, n)]} point{'s' * (counts[(kind, n)] > 1)}"
+                                for kind, n in keys)
 
 
 # -- grouping --------------------------------------------------------------------------------------
@@ -173,8 +247,9 @@ def primary_metrics(meta: dict[str, str], groups: Iterable[Group]) -> dict[str, 
 @dataclass(frozen=True)
 class Point:
     x: float
-    y: float
-    error: float  # half-width of the 95% CI
+    y: float  # the mean
+    values: tuple[float, ...]  # every repetition
+    bar: Bar
 
 
 @dataclass(frozen=True)
@@ -191,22 +266,35 @@ def _without(params: Params, name: str | None) -> Params:
 
 
 def by_latency(groups: Iterable[Group], latency: str, metric: str) -> list[Series]:
-    """Mean and CI of ``metric`` against the latency parameter, one series per workload and other parameters."""
+    """Mean, repetitions and bar of ``metric`` against the latency parameter, one series per workload and
+    other parameters. The metric is taken to be positive (a time or a rate): see :func:`interval`."""
     found: dict[tuple[str, Params], list[Point]] = {}
     for g in groups:
         x = _number(g.param(latency))
         s = g.values.get(metric)
         if x is None or s is None:
             continue
-        found.setdefault((g.workload, _without(g.params, latency)), []).append(Point(x, s.mean, s.ci95))
+        found.setdefault((g.workload, _without(g.params, latency)), []).append(
+            Point(x, s.mean, s.values, interval(s)))
     return [Series(w, key, sorted(points, key=lambda p: p.x)) for (w, key), points in found.items()]
 
 
 def _slowdown(p: Point, baseline: float, better: str) -> Point:
-    # The baseline is taken as exact; the error is the point's CI carried through to first order.
-    if better == "lower":
-        return Point(p.x, p.y / baseline, p.error / baseline)
-    return Point(p.x, baseline / p.y, baseline * p.error / p.y**2)
+    """The point as a slowdown against ``baseline`` (taken as exact). The map is monotonic, so a
+    t-interval's ends map to the ends of a 95% interval of the slowdown (asymmetric for a rate)."""
+    def ratio(v: float) -> float:
+        return v / baseline if better == "lower" else baseline / v
+
+    values = tuple(ratio(v) for v in p.values if better == "lower" or v > 0)
+    y = ratio(p.y)
+    if p.bar.kind is BarKind.NONE:
+        bar = Bar(BarKind.NONE, 1, y, y)
+    elif p.bar.kind is BarKind.T95:  # its low end is > 0 (see interval)
+        low, high = sorted((ratio(p.bar.low), ratio(p.bar.high)))
+        bar = Bar(BarKind.T95, p.bar.n, low, high)
+    else:
+        bar = Bar(p.bar.kind, p.bar.n, min(values, default=y), max(values, default=y))
+    return Point(p.x, y, values, bar)
 
 
 def slowdowns(groups: Iterable[Group], latency: str, metric: str, better: str) -> list[Series]:
@@ -403,11 +491,17 @@ def runs_section(c: Campaign) -> list[Block]:
     return blocks
 
 
+def _dash(x: float | None) -> str:
+    return "–" if x is None else _num(x)
+
+
 def summary_section(c: Campaign) -> list[Block]:
     blocks: list[Block] = [Heading("Summary"),
                            Text("Runs with status ok, grouped by workload and parameters, over repetitions: "
-                                "mean, sample standard deviation and half-width of the 95% confidence interval "
-                                "(Student's t).")]
+                                "n, mean, sample standard deviation, min, max and the half-width of the 95 % "
+                                f"confidence interval of the mean (Student's t). ci95 is '–' under {MIN_CI_N} "
+                                "repetitions: with 2, t = 12.7 and the interval says nothing; min and max say "
+                                "what was measured. stdev is '–' for a single run.")]
     if not c.groups:
         return [*blocks, Text("No run ended ok.")]
     for workload in c.workloads():
@@ -418,11 +512,30 @@ def summary_section(c: Campaign) -> list[Block]:
         if fixed:
             blocks.append(Text("Fixed: " + ", ".join(fixed) + "."))
         rows = [[_value(g.param(p)) for p in shown]
-                + [m, *c.info.get(m, ("", "")), str(s.n), _num(s.mean),
-                   *((_num(s.stdev), _num(s.ci95)) if s.n > 1 else ("–", "–"))]  # one run: no spread
+                + [m, *c.info.get(m, ("", "")), str(s.n), _num(s.mean), _dash(s.stdev), _num(s.low),
+                   _num(s.high), _dash(s.ci95)]
                 for g in groups for m, s in g.values.items()]
-        blocks.append(Table([*shown, "metric", "unit", "better", "n", "mean", "stdev", "ci95"], rows))
+        blocks.append(Table([*shown, "metric", "unit", "better", "n", "mean", "stdev", "min", "max", "ci95"], rows))
+        caption = _table_caption(c, workload)
+        if caption:
+            blocks.append(Text(caption))
     return blocks
+
+
+def _table_caption(c: Campaign, workload: str) -> str:
+    """What the bars are in the plot of this workload's primary metric."""
+    metric = c.primary.get(workload)
+    if metric is None:
+        return ""
+    if c.latency is None:
+        bars = [b for _, b in _bar_plot_points(c, workload)]
+        where = "the primary-metric plot"
+    else:
+        bars = [p.bar for s in _slowdown_series(c).get(workload, []) for p in s.points]
+        where = "the slowdown plot"
+    if not bars:
+        return ""
+    return f"In {where} ({metric}): {describe_bars(bars)}."
 
 
 def hierarchy_table(c: Campaign) -> list[Block]:
@@ -459,12 +572,31 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def _error_bars(ax: Any, xs: Sequence[float], ys: Sequence[float], bars: Sequence[Bar], color: Any) -> None:
+    """Draw the bars, t-intervals solid and min-max dotted; a point with one repetition gets none."""
+    for dotted in (False, True):
+        chosen = [(x, y, b) for x, y, b in zip(xs, ys, bars, strict=True)
+                  if b.kind is not BarKind.NONE and (b.kind is not BarKind.T95) == dotted]
+        if not chosen:
+            continue
+        drawn = ax.errorbar([x for x, _, _ in chosen], [y for _, y, _ in chosen],
+                            yerr=[[y - b.low for _, y, b in chosen], [b.high - y for _, y, b in chosen]],
+                            fmt="none", ecolor=color, capsize=3, elinewidth=1)
+        if dotted:
+            for lines in drawn.lines[2]:
+                lines.set_linestyle(":")
+
+
 def _plot_lines(c: Campaign, per_workload: dict[str, list[Series]], ylabel: str, path: Path) -> None:
     fig, axes = _figure(len(per_workload))
     for ax, (workload, series) in zip(axes, per_workload.items(), strict=True):
         for s in series:
-            ax.errorbar([p.x for p in s.points], [p.y for p in s.points], yerr=[p.error for p in s.points],
-                        marker="o", capsize=3, label=c.label(workload, s.key))
+            xs, ys = [p.x for p in s.points], [p.y for p in s.points]
+            (line,) = ax.plot(xs, ys, marker="_", markersize=10, label=c.label(workload, s.key))
+            color = line.get_color()
+            ax.plot([p.x for p in s.points for _ in p.values], [v for p in s.points for v in p.values],
+                    linestyle="none", marker="o", markersize=3, alpha=0.6, color=color)
+            _error_bars(ax, xs, ys, [p.bar for p in s.points], color)
         ax.set_title(workload)
         ax.set_xlabel(c.latency or "")
         ax.set_ylabel(ylabel)
@@ -473,19 +605,49 @@ def _plot_lines(c: Campaign, per_workload: dict[str, list[Series]], ylabel: str,
     _save(fig, path)
 
 
+def _bar_plot_points(c: Campaign, workload: str) -> list[tuple[Group, Bar]]:
+    """The groups of the primary-metric plot (no latency parameter) with their bars. A metric is
+    taken to be positive (see :func:`interval`) if every value of it in this workload is."""
+    metric = c.primary[workload]
+    groups = [g for g in c.workload_groups(workload) if metric in g.values]
+    positive = all(v > 0 for g in groups for v in g.values[metric].values)
+    return [(g, interval(g.values[metric], positive)) for g in groups]
+
+
 def _plot_bars(c: Campaign, path: Path) -> None:
     workloads = [w for w in c.workloads() if w in c.primary]
     fig, axes = _figure(len(workloads))
     for ax, workload in zip(axes, workloads, strict=True):
         metric = c.primary[workload]
-        groups = [g for g in c.workload_groups(workload) if metric in g.values]
-        labels = [c.label(workload, g.params) for g in groups]
-        ax.bar(range(len(groups)), [g.values[metric].mean for g in groups],
-               yerr=[g.values[metric].ci95 for g in groups], capsize=3)
-        ax.set_xticks(range(len(groups)), labels, rotation=30, ha="right", fontsize="small")
+        points = _bar_plot_points(c, workload)
+        labels = [c.label(workload, g.params) for g, _ in points]
+        xs = list(range(len(points)))
+        means = [g.values[metric].mean for g, _ in points]
+        ax.bar(xs, means, color="#c6dbef")
+        ax.plot([x for x, (g, _) in zip(xs, points, strict=True) for _ in g.values[metric].values],
+                [v for g, _ in points for v in g.values[metric].values],
+                linestyle="none", marker="o", markersize=3, alpha=0.7, color="black")
+        _error_bars(ax, xs, means, [b for _, b in points], "black")
+        ax.set_xticks(range(len(points)), labels, rotation=30, ha="right", fontsize="small")
         ax.set_title(f"{workload}: {metric} per placement")
         ax.set_ylabel(f"{metric} {c.info.get(metric, ('', ''))[0]}".strip())
     _save(fig, path)
+
+
+def _slowdown_series(c: Campaign) -> dict[str, list[Series]]:
+    """workload -> the series of its slowdown plot (none without a latency parameter)."""
+    per_workload: dict[str, list[Series]] = {}
+    if c.latency is None:
+        return per_workload
+    for workload, metric in c.primary.items():
+        better = c.info.get(metric, ("", "higher"))[1]
+        series = slowdowns(c.workload_groups(workload), c.latency, metric, better)
+        if series:
+            per_workload[workload] = series
+    return per_workload
+
+
+DOTS = "dots: each repetition"
 
 
 def plot_slowdown(c: Campaign, path: Path) -> Outcome:
@@ -493,20 +655,18 @@ def plot_slowdown(c: Campaign, path: Path) -> Outcome:
         return Outcome(False, "no run ended ok with a metric")
     if c.latency is None:
         _plot_bars(c, path)
-        return Outcome(True, "No latency parameter: each workload's primary metric per placement "
-                             "(mean, error bars the 95% CI).")
-    per_workload = {}
-    for workload, metric in c.primary.items():
-        better = c.info.get(metric, ("", "higher"))[1]
-        series = slowdowns(c.workload_groups(workload), c.latency, metric, better)
-        if series:
-            per_workload[workload] = series
+        bars = [b for w in c.workloads() if w in c.primary for _, b in _bar_plot_points(c, w)]
+        return Outcome(True, "No latency parameter: each workload's primary metric per placement; "
+                             f"{DOTS}, columns: the means; {describe_bars(bars)}.")
+    per_workload = _slowdown_series(c)
     if not per_workload:
         return Outcome(False, f"no ok run has both a {c.latency} and its workload's primary metric")
     _plot_lines(c, per_workload, "slowdown (1 = lowest latency)", path)
     metrics = ", ".join(f"{w}: {c.primary[w]}" for w in per_workload)
+    bars = [p.bar for series in per_workload.values() for s in series for p in s.points]
     return Outcome(True, f"Slowdown of the primary metric ({metrics}) against {c.latency}, relative to the "
-                         "lowest latency of the same placement and parameters; error bars: 95% CI.")
+                         "mean at the lowest latency of the same placement and parameters; "
+                         f"{DOTS}, line: the means; {describe_bars(bars)}.")
 
 
 def plot_hierarchy(c: Campaign, path: Path) -> Outcome:
@@ -545,8 +705,9 @@ def plot_amat(c: Campaign, path: Path) -> Outcome:
     if not per_workload:
         return Outcome(False, f"no ok run has both cache-level statistics and a {c.latency}")
     _plot_lines(c, per_workload, "AMAT at the first level (ns)", path)
+    bars = [p.bar for series in per_workload.values() for s in series for p in s.points]
     return Outcome(True, f"Average memory access time seen at the first cache level against {c.latency}; "
-                         "error bars: 95% CI.")
+                         f"{DOTS}, line: the means; {describe_bars(bars)}.")
 
 
 def plot_timeseries(c: Campaign, path: Path) -> Outcome:
@@ -567,6 +728,12 @@ def plot_timeseries(c: Campaign, path: Path) -> Outcome:
     return Outcome(True, f"Counters sampled during run {c.sample_run}; counters that only grow are shown "
                          "as a rate per second.")
 
+
+BARS = ("Each repetition is a dot; lines (or columns) join the means. Error bars, solid: the 95 % t-interval of "
+        f"the mean, where a point has at least {MIN_CI_N} repetitions; dotted: min to max, where it has fewer "
+        "(a single run has none). A slowdown, a time or a throughput cannot be 0 or below, so an interval that "
+        "would reach there is not drawn, clipped or not: that point gets its min-max (dotted) instead. Each "
+        "caption says which bars its plot has.")
 
 PLOTS = (
     ("Slowdown", "slowdown.png", plot_slowdown),
@@ -643,7 +810,7 @@ def write_report(directory: str | Path, run_id: str | None = None) -> list[Path]
         c = load(store, run_id)
     out = directory / REPORT_DIR
     out.mkdir(exist_ok=True)
-    blocks = [*header(c, directory), *runs_section(c), *summary_section(c), Heading("Plots")]
+    blocks = [*header(c, directory), *runs_section(c), *summary_section(c), Heading("Plots"), Text(BARS)]
     written = []
     for title, file, plot in PLOTS:
         outcome = plot(c, out / file)
