@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Time `ddc up` until every blade answers SSH, and `ddc down`, for the example rack.
+"""Time `ddc up` until every blade has booted (SSH answers and systemd says the
+boot is over), and `ddc down`, for the example rack.
 
     .venv/bin/python bench/provision.py [--runs 3] [--rack examples/rack.yaml]
 
@@ -51,10 +52,10 @@ def main() -> int:
             downs.append(t2 - t1)
             slowest.append(max(v.boot_s or 0.0 for v in views))
             boots = ", ".join(f"{v.name} {v.boot_s:.1f} s" for v in views)
-            print(f"run {i + 1}: up {ups[-1]:.1f} s (SSH ready after start: {boots}), down {downs[-1]:.1f} s",
+            print(f"run {i + 1}: up {ups[-1]:.1f} s (booted after start: {boots}), down {downs[-1]:.1f} s",
                   flush=True)
     print(f"\n{len(data['compute_blades'])} compute blades, accel {accel}, {args.runs} runs")
-    for label, xs in (("up (until every blade answers SSH)", ups), ("slowest blade, start to SSH", slowest),
+    for label, xs in (("up (until every blade has booted)", ups), ("slowest blade, start to booted", slowest),
                       ("down", downs)):
         print(f"{label:38s} median {statistics.median(xs):6.1f} s   min {min(xs):6.1f} s   max {max(xs):6.1f} s")
     return 0

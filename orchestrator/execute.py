@@ -60,7 +60,6 @@ JOIN = f"echo $BASHPID > {CGROUP}/cgroup.procs"
 # not started saves about 0.1 s of a vCPU under TCG.
 BUILTINS = "for b in mkdir rm sleep; do enable -f /usr/lib/bash/$b $b 2>/dev/null; done; true"
 TICK = f"{GUEST_DIR}/.tick"  # a FIFO nobody writes: `read -t` on it is a sleep without a process
-SETTLE_S = 180  # the longest wait for the guest's boot jobs before the first run
 KILL_ALL = f"[ -e {CGROUP}/cgroup.kill ] && echo 1 > {CGROUP}/cgroup.kill; true"
 GRACE_S = 5  # between SIGTERM at the timeout and SIGKILL
 HOST_SLACK_S = 60  # the host gives up on the SSH command this long after the guest's own timeout
@@ -270,14 +269,8 @@ class Session:
                                    timeout=60)
         if code != 0:
             raise GuestError(f"{self.blade}: cannot prepare {GUEST_DIR} and {CGROUP}: {out.strip()}")
-        # sshd answers before boot is over; the rest of boot (under TCG, tens of
-        # seconds of jobs) would share the vCPUs with the first runs: one probe
-        # once took twice its time. Wait for it, but never fail a campaign on it.
-        _, out = self.shell.run(f"timeout {SETTLE_S} systemctl is-system-running --wait", timeout=SETTLE_S + 30)
-        boot = out.strip()
-        if boot not in ("running", "degraded"):
-            self.obs.say(f"{self.blade}: boot not finished after {SETTLE_S} s ({boot or 'no answer'}); "
-                         "running anyway")
+        # No wait for the guest's boot jobs here: `up` and `restart_blade`
+        # return only once the blade's boot has finished (guest.wait_ready).
 
     def _disconnect(self) -> None:
         for closing in (self.shell, self.conn):

@@ -119,12 +119,33 @@ def wait_banner(ep: Endpoint, deadline: float, alive: Callable[[], bool] | None 
         sel.close()
 
 
-def wait_ready(ep: Endpoint, timeout: float, alive: Callable[[], bool] | None = None,
-               poll: float = 0.2) -> float:
-    """Wait until the blade accepts our login and runs a command; return seconds waited.
+@dataclass(frozen=True)
+class Ready:
+    """A blade whose boot has finished: ``state`` is systemd's ``running`` or
+    ``degraded``; ``failed`` names the failed units of a degraded one."""
 
-    ``alive`` is asked between polls so that a blade that died fails at once
-    instead of at the timeout.
+    seconds: float
+    state: str
+    failed: tuple[str, ...] = ()
+
+
+# Boot states after which nothing more starts by itself (systemctl(1),
+# is-system-running): the blade is ready, if degraded with failed units.
+READY_STATES = ("running", "degraded")
+
+
+def wait_ready(ep: Endpoint, timeout: float, alive: Callable[[], bool] | None = None,
+               poll: float = 0.2) -> Ready:
+    """Wait until the blade accepts our login and its boot has finished.
+
+    sshd starts early in boot (the image orders it before sysinit's other
+    jobs), so a login alone does not mean the blade is ready: boot jobs still
+    run after it, among them systemd-tmpfiles-setup, which empties /tmp
+    (`D /tmp` in tmpfiles.d, run with --remove at boot) and so deleted files a
+    user wrote right after `up`. One login then waits in the guest with
+    `systemctl is-system-running --wait`, which returns as soon as the boot
+    transaction is done: no polling. ``alive`` is asked between attempts so
+    that a blade that died fails at once instead of at the timeout.
     """
     start = time.monotonic()
     deadline = start + timeout
@@ -135,15 +156,35 @@ def wait_ready(ep: Endpoint, timeout: float, alive: Callable[[], bool] | None = 
         if wait_banner(ep, deadline, alive):
             try:
                 conn = connect(ep, timeout=max(1.0, deadline - time.monotonic()))
-                try:
-                    run(conn, "true", timeout=max(1.0, deadline - time.monotonic()), blade=ep.blade)
-                finally:
-                    conn.close()
-                return time.monotonic() - start
             except GuestError as exc:
                 last_error = str(exc)
+                time.sleep(poll)
+                continue
+            try:
+                return boot_finished(conn, ep, start, deadline)
+            finally:
+                conn.close()
         time.sleep(poll)
     raise GuestError(f"{ep.blade}: no SSH login at {ep} within {timeout:.0f} s ({last_error})")
+
+
+def boot_finished(conn: Connection, ep: Endpoint, start: float, deadline: float) -> Ready:
+    """Wait in the guest (one command) until systemd's boot transaction is over,
+    at most until ``deadline``; a state other than running or degraded then is
+    an error."""
+    left = max(1, int(deadline - time.monotonic()))
+    res = run(conn, f"timeout {left} systemctl is-system-running --wait", timeout=left + 10, check=False,
+              blade=ep.blade)
+    state = res.stdout.strip() or "unknown"
+    if state not in READY_STATES:
+        raise GuestError(f"{ep.blade}: boot did not finish within the {deadline - start:.0f} s allowed "
+                         f"(systemd says {state!r})",
+                         hint=f"`ddc ssh FILE {ep.blade} -- systemctl list-jobs` shows what is still starting")
+    failed: tuple[str, ...] = ()
+    if state == "degraded":
+        units = run(conn, "systemctl list-units --failed --plain --no-legend", check=False, blade=ep.blade)
+        failed = tuple(line.split()[0] for line in units.stdout.splitlines() if line.strip())
+    return Ready(time.monotonic() - start, state, failed)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import yaml
 from . import image as images
 from . import keys, memmap, paths, plugin, pools, state
 from .errors import DdcError, HypervisorError, SpecError, StateError
-from .guest import Endpoint, wait_ready
+from .guest import Endpoint, Ready, wait_ready
 from .hierarchy import Figures, figures
 from .hypervisor import ABSENT, Hypervisor, kvm_works
 from .render import DomainConfig, domain_xml
@@ -292,13 +292,15 @@ def restart_blade(name: str, blade: str, *, say: Say = _quiet, boot_timeout: flo
         if st.plugin:
             _load_map(hv, st, rack, cb)
         hv.resume(cb.domain)
-        seconds = wait_ready(endpoint(st, blade), boot_timeout,
-                             lambda: hv.state(cb.domain) in ("running", "paused", "blocked"))
+        ready = wait_ready(endpoint(st, blade), boot_timeout,
+                           lambda: hv.state(cb.domain) in ("running", "paused", "blocked"))
+        _say_degraded(blade, ready, say)
+        seconds = ready.seconds
         if st.plugin:
             with plugin.Control(st.plugin_socket(blade)) as ctl:
                 ctl.request("activate")
                 ctl.request("reset")
-    say(f"compute blade {blade}: restarted, SSH ready after {seconds:.1f} s")
+    say(f"compute blade {blade}: restarted, booted ({ready.state}) after {seconds:.1f} s")
     return seconds
 
 
@@ -368,13 +370,14 @@ def _wait_all(rack: Rack, st: TestbedState, hv: Hypervisor, say: Say, timeout: f
         def alive() -> bool:
             return not stop.is_set() and hv.state(blade.domain) in ("running", "paused", "blocked")
         try:
-            seconds = wait_ready(endpoint(st, blade.name), timeout, alive)
+            ready = wait_ready(endpoint(st, blade.name), timeout, alive)
         except DdcError as exc:
             if not stop.is_set():
                 exc.message += "\n" + console_tail(st, blade.name)
             raise
-        say(f"compute blade {blade.name}: SSH ready after {seconds:.1f} s")
-        return seconds
+        say(f"compute blade {blade.name}: booted ({ready.state}) after {ready.seconds:.1f} s")
+        _say_degraded(blade.name, ready, say)
+        return ready.seconds
 
     pool = ThreadPoolExecutor(max_workers=len(rack.compute_blades), thread_name_prefix="wait-ssh")
     try:
@@ -383,6 +386,12 @@ def _wait_all(rack: Rack, st: TestbedState, hv: Hypervisor, say: Say, timeout: f
     finally:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _say_degraded(blade: str, ready: Ready, say: Say) -> None:
+    if ready.state == "degraded":
+        say(f"compute blade {blade}: boot degraded, failed units: {', '.join(ready.failed) or 'none listed'} "
+            f"(`ddc ssh FILE {blade} -- systemctl status UNIT` says why)")
 
 
 def console_tail(st: TestbedState, blade: str, lines: int = 15) -> str:

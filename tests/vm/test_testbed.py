@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,12 +22,43 @@ pytestmark = pytest.mark.vm
 MB = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class Early:
+    """What a user saw in a blade the moment `ddc up` returned."""
+
+    state: str  # systemctl is-system-running
+    finished_after_up_s: float  # when systemd finished the boot, from when `up` returned (at most)
+    md5: str  # of a file written to /tmp then
+    written_at: float  # time.monotonic()
+
+
+EARLY: dict[str, Early] = {}
+
+
 @pytest.fixture(scope="module")
 def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = make_rack(tmp_path_factory.mktemp("rack"), "t-rack")
     ddc("down", str(path), check=False)  # a previous crashed run
     try:
         ddc("up", str(path))
+        returned = time.monotonic()
+        # When did the boot finish, in the guest's clock, against when `up`
+        # returned? /proc/uptime is read first, so at most `asked - returned`
+        # after `up` returned (a login under TCG takes seconds).
+        st = state.load("t-rack")
+        assert st is not None
+        conn = connect(endpoint(st, "cb0"))
+        try:
+            asked = time.monotonic()
+            boot = guest.run(conn, "cat /proc/uptime; systemctl show -p FinishTimestampMonotonic --value; "
+                                   "systemctl is-system-running", check=False).stdout.split()
+        finally:
+            conn.close()
+        finished = int(boot[2]) / 1e6 - (float(boot[0]) - (asked - returned))
+        # As a user would, at once: a file of 0.8 MB into /tmp.
+        md5 = ddc("ssh", str(path), "cb0", "--", "sh", "-c",
+                  "head -c 800000 /dev/urandom > /tmp/early && md5sum /tmp/early").stdout.split()[0]
+        EARLY["cb0"] = Early(state=boot[-1], finished_after_up_s=finished, md5=md5, written_at=time.monotonic())
         yield path
     finally:
         ddc("down", str(path), check=False)
@@ -40,6 +73,18 @@ def sh(rack: Path, blade: str, command: str) -> str:
         return guest.run(conn, command, timeout=120, blade=blade).stdout
     finally:
         conn.close()
+
+
+def test_up_returns_once_boot_is_over_and_keeps_what_is_written(rack: Path) -> None:
+    early = EARLY["cb0"]
+    assert early.state in ("running", "degraded"), early
+    # FinishTimestampMonotonic is 0 while the boot runs; 0.3 s is for the
+    # time the guest took to reach `cat` after the login.
+    assert early.finished_after_up_s <= 0.3, early
+    time.sleep(max(0.0, early.written_at + 15 - time.monotonic()))
+    # Boot jobs that ran after sshd answered (systemd-tmpfiles-setup empties /tmp)
+    # once deleted such a file; `up` now waits for them.
+    assert sh(rack, "cb0", "md5sum /tmp/early").split()[0] == early.md5
 
 
 @pytest.mark.parametrize("blade", ["cb0", "cb1"])
