@@ -22,25 +22,30 @@ again where that interval would reach 0 or below, since a slowdown, a time or a
 throughput cannot (an interval is not drawn clipped: it would no longer be one).
 Each plot's caption and each summary table say which bars it has.
 
+A paced campaign (some run has a dilation k, see ``pacing.py``) is reported in
+model time: the header says so (and lists the k's if runs differ), every
+summary table gives each rate and duration twice, in model time and as the
+guest measured it (column ``time``), the plots use model time and say so, and
+runs whose lag is over ``pacing.LAG_LIMIT`` are counted in a warning near the
+top and listed, flagged, under Runs. A campaign with no paced run reads as
+before.
+
 The remote latency is the first parameter (sorted) whose name ends with
 ``latency_ns``; a workload's primary metric is ``meta['primary.<workload>']``
 or else its first metric alphabetically. The numbers come from pure functions
-(:func:`summarize`, :func:`interval`, :func:`group_runs`, :func:`by_latency`,
-:func:`slowdowns`, :func:`as_rate`), the text from a list of blocks rendered
+in ``report_stats.py`` (:func:`summarize`, :func:`interval`, :func:`group_runs`,
+:func:`by_latency`, :func:`slowdowns`, :func:`as_rate`) and, for model time,
+``results.py`` (:func:`to_model`); the text from a list of blocks rendered
 once as Markdown and once as HTML, so both files say the same.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
-import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -50,320 +55,42 @@ matplotlib.use("Agg")  # no display; must come before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .errors import StateError  # noqa: E402
-from .results import LevelRow, levels, plugin_totals, sampled_runs, samples  # noqa: E402
+from .pacing import LAG_LIMIT  # noqa: E402
+from .report_stats import (  # noqa: E402
+    MIN_CI_N,
+    Bar,
+    BarKind,
+    Group,
+    LevelMean,
+    Params,
+    Series,
+    Summary,
+    as_rate,
+    by_latency,
+    describe_bars,
+    group_runs,
+    interval,
+    latency_parameter,
+    level_means,
+    pick_counters,
+    primary_metrics,
+    slowdowns,
+    varying,
+)
+from .results import (  # noqa: E402
+    LevelRow,
+    any_paced,
+    is_lagged,
+    levels,
+    model_metrics,
+    plugin_totals,
+    sampled_runs,
+    samples,
+    time_scaling,
+)
 from .store import Store  # noqa: E402
 
 REPORT_DIR = "report"
-MAX_SUBPLOTS = 6
-# Counters worth seeing first in the time series, by name (substring), most wanted first.
-PREFERRED_COUNTERS = ("injected_ns", "memory", "numa_hit", "numa_miss", "pgmigrate_success", "accesses",
-                      "numa_foreign", "pgpromote_success", "numa_pages_migrated")
-
-# Two-sided 95% quantiles of Student's t, df 1..30; beyond that the normal 1.96.
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-       2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-       2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-# Fewer repetitions give no confidence interval worth showing: with 2, the 95% t-interval
-# is 12.7 standard errors wide each way (a slowdown of 1.1 +- 4 told readers nothing).
-MIN_CI_N = 3
-
-Params = tuple[tuple[str, Any], ...]  # sorted (name, value) pairs; values hashable
-
-
-# -- statistics ------------------------------------------------------------------------------------
-
-
-def t95(df: int) -> float:
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, not {df}")
-    return T95[df - 1] if df <= len(T95) else 1.96
-
-
-@dataclass(frozen=True)
-class Summary:
-    n: int
-    mean: float
-    stdev: float | None  # sample standard deviation; None for one value
-    ci95: float | None  # half-width of the 95% t-interval of the mean; None under MIN_CI_N values
-    low: float  # the smallest repetition
-    high: float  # the largest
-    values: tuple[float, ...]  # every repetition, in run order
-
-
-def summarize(values: Sequence[float]) -> Summary:
-    n = len(values)
-    mean = statistics.fmean(values)
-    stdev = statistics.stdev(values) if n > 1 else None
-    ci95 = t95(n - 1) * stdev / math.sqrt(n) if stdev is not None and n >= MIN_CI_N else None
-    return Summary(n, mean, stdev, ci95, min(values), max(values), tuple(values))
-
-
-class BarKind(StrEnum):
-    NONE = "none"  # one repetition: the point alone
-    MINMAX = "min-max"  # fewer than MIN_CI_N repetitions
-    MINMAX_FLOOR = "min-max-floor"  # enough repetitions, but the t-interval would reach 0 or below
-    T95 = "t95"  # the 95% t-interval of the mean
-
-    def describe(self, n: int) -> str:
-        if self is BarKind.NONE:
-            return "none (1 repetition: the point alone)"
-        if self is BarKind.MINMAX:
-            return f"min-max of {n} repetitions"
-        if self is BarKind.MINMAX_FLOOR:
-            return f"min-max of {n} repetitions (their 95 % t-interval would reach 0 or below)"
-        return f"95 % t-interval of {n} repetitions"
-
-
-@dataclass(frozen=True)
-class Bar:
-    """The error bar of one point: from ``low`` to ``high``, and what it is."""
-
-    kind: BarKind
-    n: int
-    low: float
-    high: float
-
-
-def interval(s: Summary, positive: bool = True) -> Bar:
-    """The bar a point's repetitions can carry.
-
-    One repetition: none. Fewer than MIN_CI_N: min-max. Otherwise the 95%
-    t-interval of the mean, unless ``positive`` (the quantity cannot be 0 or
-    below: a time, a throughput, a slowdown) and the interval would reach 0: then
-    min-max, which stays within what was measured. Clipping the interval at 0
-    instead would draw something that is no longer a 95% interval.
-    """
-    if s.n == 1:
-        return Bar(BarKind.NONE, 1, s.mean, s.mean)
-    if s.ci95 is None:
-        return Bar(BarKind.MINMAX, s.n, s.low, s.high)
-    if positive and s.mean - s.ci95 <= 0:
-        return Bar(BarKind.MINMAX_FLOOR, s.n, s.low, s.high)
-    return Bar(BarKind.T95, s.n, s.mean - s.ci95, s.mean + s.ci95)
-
-
-_BAR_ORDER = (BarKind.T95, BarKind.MINMAX_FLOOR, BarKind.MINMAX, BarKind.NONE)
-
-
-def describe_bars(bars: Iterable[Bar]) -> str:
-    """``bars: min-max of 2 repetitions``; with several kinds, each with its number of points."""
-    counts = Counter((b.kind, b.n) for b in bars)
-    if not counts:
-        return "bars: none"
-    keys = sorted(counts, key=lambda k: (_BAR_ORDER.index(k[0]), -k[1]))
-    if len(keys) == 1:
-        return "bars: " + keys[0][0].describe(keys[0][1])
-    return "bars: " + "; ".join(f"{kind.describe(n)} at {counts[(kind, n)]} point{'s' * (counts[(kind, n)] > 1)}"
-                                for kind, n in keys)
-
-
-# -- grouping --------------------------------------------------------------------------------------
-
-
-def _hashable(value: Any) -> Any:
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return json.dumps(value, sort_keys=True)
-
-
-def _params(params: dict[str, Any]) -> Params:
-    return tuple(sorted((k, _hashable(v)) for k, v in params.items()))
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-@dataclass(frozen=True)
-class Group:
-    """Runs of one workload with the same parameters, i.e. the repetitions of one point."""
-
-    workload: str
-    params: Params
-    values: dict[str, Summary]  # metric -> summary over the repetitions
-
-    def param(self, name: str) -> Any:
-        return dict(self.params).get(name)
-
-
-def group_runs(runs: Iterable[dict[str, Any]], values: dict[str, dict[str, float]]) -> list[Group]:
-    """Group the ok runs by workload and parameters; summarise each value over the repetitions.
-
-    ``values`` is run_id -> name -> value (e.g. :meth:`Store.metrics`). Groups come in
-    the order of their first run.
-    """
-    collected: dict[tuple[str, Params], dict[str, list[float]]] = {}
-    for run in runs:
-        if run["status"] != "ok":
-            continue
-        per_name = collected.setdefault((run["workload"], _params(run["params"])), {})
-        for name, value in values.get(run["run_id"], {}).items():
-            per_name.setdefault(name, []).append(value)
-    return [Group(workload, params, {name: summarize(v) for name, v in sorted(per_name.items())})
-            for (workload, params), per_name in collected.items()]
-
-
-def varying(groups: Iterable[Group]) -> list[str]:
-    """The parameters whose value differs between groups (missing counts as a value)."""
-    seen: dict[str, set[Any]] = {}
-    groups = list(groups)
-    for g in groups:
-        for name, _ in g.params:
-            seen.setdefault(name, set())
-    for g in groups:
-        for name in seen:
-            seen[name].add(g.param(name))
-    return sorted(name for name, values in seen.items() if len(values) > 1)
-
-
-def latency_parameter(runs: Iterable[dict[str, Any]]) -> str | None:
-    names = sorted({k for r in runs for k in r["params"] if k.endswith("latency_ns")})
-    return names[0] if names else None
-
-
-def primary_metrics(meta: dict[str, str], groups: Iterable[Group]) -> dict[str, str]:
-    """workload -> its primary metric: ``meta['primary.<workload>']`` if measured, else the first by name."""
-    names: dict[str, set[str]] = {}
-    for g in groups:
-        names.setdefault(g.workload, set()).update(g.values)
-    out = {}
-    for workload, measured in names.items():
-        wanted = meta.get(f"primary.{workload}")
-        if wanted in measured:
-            out[workload] = wanted
-        elif measured:
-            out[workload] = sorted(measured)[0]
-    return out
-
-
-# -- series against latency ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Point:
-    x: float
-    y: float  # the mean
-    values: tuple[float, ...]  # every repetition
-    bar: Bar
-
-
-@dataclass(frozen=True)
-class Series:
-    """One line of a plot: a workload at fixed parameters (all but the latency)."""
-
-    workload: str
-    key: Params
-    points: list[Point]
-
-
-def _without(params: Params, name: str | None) -> Params:
-    return tuple(p for p in params if p[0] != name)
-
-
-def by_latency(groups: Iterable[Group], latency: str, metric: str) -> list[Series]:
-    """Mean, repetitions and bar of ``metric`` against the latency parameter, one series per workload and
-    other parameters. The metric is taken to be positive (a time or a rate): see :func:`interval`."""
-    found: dict[tuple[str, Params], list[Point]] = {}
-    for g in groups:
-        x = _number(g.param(latency))
-        s = g.values.get(metric)
-        if x is None or s is None:
-            continue
-        found.setdefault((g.workload, _without(g.params, latency)), []).append(
-            Point(x, s.mean, s.values, interval(s)))
-    return [Series(w, key, sorted(points, key=lambda p: p.x)) for (w, key), points in found.items()]
-
-
-def _slowdown(p: Point, baseline: float, better: str) -> Point:
-    """The point as a slowdown against ``baseline`` (taken as exact). The map is monotonic, so a
-    t-interval's ends map to the ends of a 95% interval of the slowdown (asymmetric for a rate)."""
-    def ratio(v: float) -> float:
-        return v / baseline if better == "lower" else baseline / v
-
-    values = tuple(ratio(v) for v in p.values if better == "lower" or v > 0)
-    y = ratio(p.y)
-    if p.bar.kind is BarKind.NONE:
-        bar = Bar(BarKind.NONE, 1, y, y)
-    elif p.bar.kind is BarKind.T95:  # its low end is > 0 (see interval)
-        low, high = sorted((ratio(p.bar.low), ratio(p.bar.high)))
-        bar = Bar(BarKind.T95, p.bar.n, low, high)
-    else:
-        bar = Bar(p.bar.kind, p.bar.n, min(values, default=y), max(values, default=y))
-    return Point(p.x, y, values, bar)
-
-
-def slowdowns(groups: Iterable[Group], latency: str, metric: str, better: str) -> list[Series]:
-    """Slowdown against the lowest latency of the same series: 1 there, > 1 when slower.
-
-    ``better`` is the metric's direction: ``higher`` (throughput: baseline / value)
-    or ``lower`` (time: value / baseline). Zero means are left out (no ratio).
-    """
-    out = []
-    for s in by_latency(groups, latency, metric):
-        baseline = s.points[0].y
-        if baseline == 0:
-            continue
-        out.append(Series(s.workload, s.key, [_slowdown(p, baseline, better) for p in s.points if p.y != 0]))
-    return out
-
-
-# -- cache levels ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LevelMean:
-    workload: str
-    key: Params  # parameters but the latency
-    level: str
-    hits: float
-    misses: float
-    miss_ratio: float
-
-
-def level_means(runs: Iterable[dict[str, Any]], by_run: dict[str, list[LevelRow]],
-                latency: str | None) -> list[LevelMean]:
-    """Hits, misses and miss ratio per level, averaged over the ok runs of a workload at fixed parameters
-    (latencies and repetitions pooled)."""
-    found: dict[tuple[str, Params], dict[str, list[LevelRow]]] = {}
-    for run in runs:
-        if run["status"] != "ok" or run["run_id"] not in by_run:
-            continue
-        per_level = found.setdefault((run["workload"], _without(_params(run["params"]), latency)), {})
-        for lv in by_run[run["run_id"]]:
-            per_level.setdefault(lv.level, []).append(lv)
-    return [LevelMean(w, key, name, statistics.fmean(x.hits for x in rows), statistics.fmean(x.misses for x in rows),
-                      statistics.fmean(x.miss_ratio for x in rows))
-            for (w, key), per_level in found.items() for name, rows in per_level.items()]
-
-
-# -- time series -----------------------------------------------------------------------------------
-
-
-def pick_counters(keys: Iterable[tuple[str, str]], limit: int = MAX_SUBPLOTS) -> list[tuple[str, str]]:
-    """The (source, name) pairs to plot: preferred names first, plugin before guest, then by name."""
-    def rank(key: tuple[str, str]) -> tuple[int, bool, str, str]:
-        source, name = key
-        wanted = [i for i, p in enumerate(PREFERRED_COUNTERS) if p in name]
-        return (min(wanted) if wanted else len(PREFERRED_COUNTERS), source != "plugin", source, name)
-
-    return sorted(keys, key=rank)[:limit]
-
-
-def as_rate(points: Sequence[tuple[float, float]]) -> tuple[list[tuple[float, float]], bool]:
-    """A counter that only grows becomes its rate per second; anything else stays as it is.
-
-    Returns the points and whether they are a rate.
-    """
-    values = [v for _, v in points]
-    growing = len(points) > 1 and values[-1] > values[0] and all(b >= a for a, b in pairwise(values))
-    if not growing:
-        return list(points), False
-    return [(t1, (v1 - v0) / (t1 - t0)) for (t0, v0), (t1, v1) in pairwise(points) if t1 > t0], True
 
 
 # -- what the report is made of --------------------------------------------------------------------
@@ -412,12 +139,17 @@ class Campaign:
     meta: dict[str, str]
     runs: list[dict[str, Any]]
     info: dict[str, tuple[str, str]]  # metric -> (unit, better)
-    groups: list[Group]
+    groups: list[Group]  # in model time when paced
     levels: dict[str, list[LevelRow]]
     latency: str | None
     primary: dict[str, str]
     sample_run: str | None = None
     samples: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)
+    paced: bool = False  # some run was paced
+    guest_groups: list[Group] = field(default_factory=list)  # paced: the groups as the guest measured them
+
+    def dilation(self, run_id: str | None) -> float | None:
+        return next((r["dilation"] for r in self.runs if r["run_id"] == run_id), None)
 
     def workload_groups(self, workload: str) -> list[Group]:
         return [g for g in self.groups if g.workload == workload]
@@ -446,10 +178,13 @@ def load(store: Store, run_id: str | None = None) -> Campaign:
     """Read the campaign; ``run_id`` picks the run for the time series (default: the ok run with samples
     that the plugin delayed most, or the first one)."""
     runs = store.runs()
-    groups = group_runs(runs, store.metrics())
+    measured, info = store.metrics(), store.metric_info()
+    paced = any_paced(runs)
+    groups = group_runs(runs, model_metrics(runs, measured, info) if paced else measured)
     meta = store.meta()
-    c = Campaign(meta=meta, runs=runs, info=store.metric_info(), groups=groups, levels=levels(store),
-                 latency=latency_parameter(runs), primary=primary_metrics(meta, groups))
+    c = Campaign(meta=meta, runs=runs, info=info, groups=groups, levels=levels(store),
+                 latency=latency_parameter(runs), primary=primary_metrics(meta, groups), paced=paced,
+                 guest_groups=group_runs(runs, measured) if paced else [])
     c.sample_run = _sample_run(store, runs, run_id)
     if c.sample_run is not None:
         c.samples = samples(store, c.sample_run)
@@ -464,10 +199,74 @@ def _value(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+# -- paced mode ------------------------------------------------------------------------------------
+
+LIMIT = f"{LAG_LIMIT * 100:g} %"
+PACED_SUMMARY = (" Paced mode: the column time says on which clock. model: the guest's values in model time "
+                 "(durations divided by k, rates multiplied by k); guest: as the guest measured them; same: a "
+                 "metric that is neither a rate nor a duration (a count, say), the same on both.")
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:.3g} %"
+
+
+def _dilations(c: Campaign) -> str:
+    """``dilation k = 30``, or with runs at different k each with its number of runs."""
+    ks = Counter(r["dilation"] for r in c.runs if r["dilation"] is not None)
+    if len(ks) == 1:
+        return f"dilation k = {next(iter(ks)):g}"
+    return "dilations k = " + ", ".join(f"{k:g} ({n} runs)" for k, n in sorted(ks.items()))
+
+
+def lagged_runs(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in runs if is_lagged(r["dilation"], r["lag_fraction"])]
+
+
+def paced_header(c: Campaign) -> list[Block]:
+    """What paced mode means for the numbers below and, if runs lagged, a warning; nothing when not paced."""
+    if not c.paced:
+        return []
+    text = (f"Paced mode, {_dilations(c)}: the guest ran k times slower than the model machine, so the times "
+            "and rates below are model time (the guest's durations divided by k, its rates multiplied by k); "
+            "the values as the guest measured them are in the summary rows marked 'guest'.")
+    unpaced = sum(r["dilation"] is None for r in c.runs)
+    if unpaced:
+        text += f" {unpaced} of {len(c.runs)} runs were not paced: their values are as measured."
+    blocks: list[Block] = [Text(text)]
+    lagged = lagged_runs(c.runs)
+    if lagged:
+        paced = len(c.runs) - unpaced
+        blocks.append(Text(f"⚠ {len(lagged)} of {paced} paced runs LAGGED: their slowest vCPU fell behind its "
+                           f"model clock by more than {LIMIT} of its model time. The host could not keep up "
+                           "with k x model time, so their timings are not host-independent: raise the dilation "
+                           "or quiet the host, and run them again. They are listed under Runs."))
+    return blocks
+
+
+def lag_section(c: Campaign) -> list[Block]:
+    """The paced runs' lag: the largest, and every run over LAG_LIMIT with its lag and a flag."""
+    measured = [r for r in c.runs if r["dilation"] is not None and r["lag_fraction"] is not None]
+    if not measured:
+        return []
+    lagged = lagged_runs(measured)
+    text = ("Lag: how far a run's slowest vCPU fell behind its model clock, beyond the plugin's catch-up "
+            f"window, as a share of its model time; a run over {LIMIT} is LAGGED. ")
+    if not lagged:
+        worst = max(r["lag_fraction"] for r in measured)
+        return [Text(text + f"No run lagged (the largest lag: {_pct(worst)}).")]
+    rows = [[r["run_id"], r["status"], r["workload"], str(r["rep"]),
+             ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items())), f"{r['dilation']:g}",
+             _pct(r["lag_fraction"]), "⚠ LAGGED"] for r in lagged]
+    return [Text(text + f"{len(lagged)} of {len(measured)} runs lagged:"),
+            Table(["run", "status", "workload", "rep", "parameters", "dilation", "lag", "flag"], rows)]
+
+
 def header(c: Campaign, directory: Path) -> list[Block]:
     blocks: list[Block] = [Heading(f"Campaign {c.meta.get('name', directory.name)}", 1)]
     if "created" in c.meta:
         blocks.append(Text(f"Created {c.meta['created']}."))
+    blocks += paced_header(c)
     rest = {k: v for k, v in sorted(c.meta.items()) if k not in ("name", "created")}
     lines = [f"{k}: {v}" for k, v in rest.items() if "\n" not in v]
     if lines:
@@ -488,7 +287,7 @@ def runs_section(c: Campaign) -> list[Block]:
                             [[r["run_id"], r["status"], r["workload"], str(r["rep"]),
                               ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items())),
                               _value(r["exit_code"]), _value(r["error"])] for r in bad]))
-    return blocks
+    return blocks + lag_section(c)
 
 
 def _dash(x: float | None) -> str:
@@ -501,7 +300,7 @@ def summary_section(c: Campaign) -> list[Block]:
                                 "n, mean, sample standard deviation, min, max and the half-width of the 95 % "
                                 f"confidence interval of the mean (Student's t). ci95 is '–' under {MIN_CI_N} "
                                 "repetitions: with 2, t = 12.7 and the interval says nothing; min and max say "
-                                "what was measured. stdev is '–' for a single run.")]
+                                "what was measured. stdev is '–' for a single run." + PACED_SUMMARY * c.paced)]
     if not c.groups:
         return [*blocks, Text("No run ended ok.")]
     for workload in c.workloads():
@@ -511,15 +310,36 @@ def summary_section(c: Campaign) -> list[Block]:
         blocks.append(Heading(workload, 3))
         if fixed:
             blocks.append(Text("Fixed: " + ", ".join(fixed) + "."))
-        rows = [[_value(g.param(p)) for p in shown]
-                + [m, *c.info.get(m, ("", "")), str(s.n), _num(s.mean), _dash(s.stdev), _num(s.low),
-                   _num(s.high), _dash(s.ci95)]
-                for g in groups for m, s in g.values.items()]
-        blocks.append(Table([*shown, "metric", "unit", "better", "n", "mean", "stdev", "min", "max", "ci95"], rows))
+        head = [*shown, "metric", *["time"] * c.paced, "unit", "better", "n", "mean", "stdev", "min", "max", "ci95"]
+        blocks.append(Table(head, _summary_rows(c, groups, shown)))
         caption = _table_caption(c, workload)
         if caption:
             blocks.append(Text(caption))
     return blocks
+
+
+def _stat_cells(s: Summary) -> list[str]:
+    return [str(s.n), _num(s.mean), _dash(s.stdev), _num(s.low), _num(s.high), _dash(s.ci95)]
+
+
+def _summary_rows(c: Campaign, groups: list[Group], shown: list[str]) -> list[list[str]]:
+    """One row per group and metric; paced, a rate or a duration gets two: in model time, then as the
+    guest measured it (from the same runs: c.guest_groups has the same groups)."""
+    guest = {(g.workload, g.params): g for g in c.guest_groups}
+    rows = []
+    for g in groups:
+        for m, s in g.values.items():
+            unit, better = c.info.get(m, ("", ""))
+            lead = [*(_value(g.param(p)) for p in shown), m]
+            if not c.paced:
+                rows.append([*lead, unit, better, *_stat_cells(s)])
+            elif time_scaling(unit) is None:
+                rows.append([*lead, "same", unit, better, *_stat_cells(s)])
+            else:
+                rows.append([*lead, "model", unit, better, *_stat_cells(s)])
+                rows.append([*lead, "guest", unit, better,
+                             *_stat_cells(guest[(g.workload, g.params)].values[m])])
+    return rows
 
 
 def _table_caption(c: Campaign, workload: str) -> str:
@@ -630,7 +450,9 @@ def _plot_bars(c: Campaign, path: Path) -> None:
         _error_bars(ax, xs, means, [b for _, b in points], "black")
         ax.set_xticks(range(len(points)), labels, rotation=30, ha="right", fontsize="small")
         ax.set_title(f"{workload}: {metric} per placement")
-        ax.set_ylabel(f"{metric} {c.info.get(metric, ('', ''))[0]}".strip())
+        unit = c.info.get(metric, ("", ""))[0]
+        model = ", model time" if c.paced and time_scaling(unit) is not None else ""
+        ax.set_ylabel(f"{metric} {unit}".strip() + model)
     _save(fig, path)
 
 
@@ -648,6 +470,7 @@ def _slowdown_series(c: Campaign) -> dict[str, list[Series]]:
 
 
 DOTS = "dots: each repetition"
+MODEL_TIME = " in model time"
 
 
 def plot_slowdown(c: Campaign, path: Path) -> Outcome:
@@ -656,15 +479,16 @@ def plot_slowdown(c: Campaign, path: Path) -> Outcome:
     if c.latency is None:
         _plot_bars(c, path)
         bars = [b for w in c.workloads() if w in c.primary for _, b in _bar_plot_points(c, w)]
-        return Outcome(True, "No latency parameter: each workload's primary metric per placement; "
-                             f"{DOTS}, columns: the means; {describe_bars(bars)}.")
+        return Outcome(True, f"No latency parameter: each workload's primary metric{MODEL_TIME * c.paced} per "
+                             f"placement; {DOTS}, columns: the means; {describe_bars(bars)}.")
     per_workload = _slowdown_series(c)
     if not per_workload:
         return Outcome(False, f"no ok run has both a {c.latency} and its workload's primary metric")
-    _plot_lines(c, per_workload, "slowdown (1 = lowest latency)", path)
+    _plot_lines(c, per_workload, f"slowdown{MODEL_TIME * c.paced} (1 = lowest latency)", path)
     metrics = ", ".join(f"{w}: {c.primary[w]}" for w in per_workload)
     bars = [p.bar for series in per_workload.values() for s in series for p in s.points]
-    return Outcome(True, f"Slowdown of the primary metric ({metrics}) against {c.latency}, relative to the "
+    return Outcome(True, f"Slowdown of the primary metric{MODEL_TIME * c.paced} ({metrics}) against {c.latency}, "
+                         "relative to the "
                          "mean at the lowest latency of the same placement and parameters; "
                          f"{DOTS}, line: the means; {describe_bars(bars)}.")
 
@@ -704,7 +528,8 @@ def plot_amat(c: Campaign, path: Path) -> Outcome:
         per_workload.setdefault(s.workload, []).append(s)
     if not per_workload:
         return Outcome(False, f"no ok run has both cache-level statistics and a {c.latency}")
-    _plot_lines(c, per_workload, "AMAT at the first level (ns)", path)
+    # the plugin's own model: its nanoseconds are model ns in any mode, and nothing to convert
+    _plot_lines(c, per_workload, f"AMAT at the first level ({'model ' * c.paced}ns)", path)
     bars = [p.bar for series in per_workload.values() for s in series for p in s.points]
     return Outcome(True, f"Average memory access time seen at the first cache level against {c.latency}; "
                          f"{DOTS}, line: the means; {describe_bars(bars)}.")
@@ -716,17 +541,20 @@ def plot_timeseries(c: Campaign, path: Path) -> Outcome:
     if not c.samples:
         return Outcome(False, f"run {c.sample_run} has no samples")
     chosen = pick_counters(c.samples)
+    k = c.dilation(c.sample_run)  # samples are stamped in wall seconds: k x model seconds when paced
+    second = "model second" if k else "second"
     fig, axes = _figure(len(chosen), width=9.0, height=2.2, ncols=1)
     for ax, (source, name) in zip(axes, chosen, strict=True):
-        points, rate = as_rate(c.samples[(source, name)])
+        points, rate = as_rate([(t / (k or 1), v) for t, v in c.samples[(source, name)]])
         ax.plot([t for t, _ in points], [v for _, v in points], marker=".")
-        ax.set_ylabel(f"{name} /s" if rate else name, fontsize="small")
+        ax.set_ylabel((f"{name} per model second" if k else f"{name} /s") if rate else name, fontsize="small")
         ax.set_title(f"{source}: {name}", fontsize="small")
         ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("seconds since the run started")
+    axes[-1].set_xlabel(f"{second}s since the run started" + (" (wall seconds / k)" if k else ""))
     _save(fig, path)
+    paced = f" Paced (k = {k:g}): time in model seconds, rates per model second." if k else ""
     return Outcome(True, f"Counters sampled during run {c.sample_run}; counters that only grow are shown "
-                         "as a rate per second.")
+                         f"as a rate per {second}.{paced}")
 
 
 BARS = ("Each repetition is a dot; lines (or columns) join the means. Error bars, solid: the 95 % t-interval of "
@@ -797,6 +625,14 @@ def render_html(blocks: Iterable[Block], title: str) -> str:
             parts.append(f'<img src="{e(b.file)}" alt="{e(b.alt)}">')
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def mean_slowdowns(store: Store) -> dict[str, float]:
+    """Every point of the slowdown plot with its mean slowdown (model time when paced), keyed
+    ``<workload> [<its series' label>] <latency>=<value>``: two campaigns side by side (bench/paced.py)."""
+    c = load(store)
+    return {f"{s.workload} [{c.label(s.workload, s.key)}] {c.latency}={p.x:g}": p.y
+            for series in _slowdown_series(c).values() for s in series for p in s.points}
 
 
 def write_report(directory: str | Path, run_id: str | None = None) -> list[Path]:

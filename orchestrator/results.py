@@ -8,8 +8,19 @@ holds, in this order::
     <every parameter, sorted>            None where a run lacks it
     <every metric, sorted>               prefixed ``metric.`` where the name is taken
     workload_s, setup_s, teardown_s, exit_code, started, finished,
+    dilation, lag_fraction, lagged,      when some run was paced (mode: paced):
+    <every metric>.model, workload_s.model   see below
     <level>.miss_ratio ..., amat_ns      when some run has cache levels (plugin runs)
     injected_ns, modelled_stall_ns       when some run has plugin statistics
+
+A paced guest runs k (its ``dilation``) times slower than the model machine, so
+what it measures is k times the model's value: ``<metric>.model`` is the metric
+in model time (:func:`to_model`: a rate times k, a duration divided by k, a
+metric that is neither as it is), and so is ``workload_s.model``; a run not
+paced keeps its values there. ``lagged`` is True when the run's worst vCPU
+fell behind by more than ``pacing.LAG_LIMIT`` of its model time (its timings
+then depend on the host), False when paced within it, None when not paced.
+A parameter named like one of these columns is prefixed ``param.``.
 
 Every row has every column, so the rows write as they are to CSV
 (:func:`write_csv`) or Parquet (:func:`write_parquet`). This module also holds
@@ -21,18 +32,84 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .pacing import LAG_LIMIT
 from .store import Store
 
 HEAD = ("run_id", "status", "workload", "rep")
 TAIL = ("workload_s", "setup_s", "teardown_s", "exit_code", "started", "finished")
+PACED = ("dilation", "lag_fraction", "lagged")
+MODEL = ".model"  # suffix of a column in model time
+WORKLOAD_MODEL = "workload_s" + MODEL
 PLUGIN_TOTALS = ("injected_ns", "modelled_stall_ns")
+
+
+# -- model time ------------------------------------------------------------------------------------
+
+
+class Scaling(StrEnum):
+    """How a value a paced guest measured relates to model time."""
+
+    RATE = "rate"  # per second: the guest's second is 1/k of a model second, so times k
+    DURATION = "duration"  # divided by k
+
+
+DURATION_UNITS = frozenset({"s", "ms", "us", "µs", "ns"})
+
+
+def time_scaling(unit: str) -> Scaling | None:
+    """``rate`` for a unit per second (GB/s, MiB/s, ops/s, req/s), ``duration`` for a time (s, ms, us,
+    ns), None for anything else (a count such as ops, or no unit)."""
+    unit = unit.strip()
+    if unit in DURATION_UNITS:
+        return Scaling.DURATION
+    if unit.endswith("/s") and len(unit) > len("/s"):
+        return Scaling.RATE
+    return None
+
+
+def to_model(value: float, unit: str, dilation: float | None) -> float:
+    """A value measured in a guest paced at ``dilation`` = k, in model time: a rate times k, a duration
+    divided by k, anything else as it is. A run not paced (None) keeps its value."""
+    if dilation is None:
+        return value
+    if dilation <= 0:
+        raise ValueError(f"a dilation is above 0, not {dilation}")
+    scaling = time_scaling(unit)
+    if scaling is Scaling.RATE:
+        return value * dilation
+    if scaling is Scaling.DURATION:
+        return value / dilation
+    return value
+
+
+def is_lagged(dilation: float | None, lag_fraction: float | None) -> bool | None:
+    """Whether a paced run fell behind by more than LAG_LIMIT of its model time; None when not paced."""
+    if dilation is None or lag_fraction is None:
+        return None
+    return lag_fraction > LAG_LIMIT
+
+
+def any_paced(runs: Iterable[dict[str, Any]]) -> bool:
+    return any(r["dilation"] is not None for r in runs)
+
+
+def model_metrics(runs: Iterable[dict[str, Any]], metrics: dict[str, dict[str, float]],
+                  info: dict[str, tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """run_id -> name -> value in model time (:func:`to_model` at each run's own dilation), from
+    :meth:`Store.metrics` and :meth:`Store.metric_info`."""
+    dilation = {r["run_id"]: r["dilation"] for r in runs}
+    return {run_id: {name: to_model(v, info.get(name, ("", ""))[0], dilation.get(run_id))
+                     for name, v in values.items()}
+            for run_id, values in metrics.items()}
 
 
 # -- readers for tables Store has no method for ----------------------------------------------------
@@ -94,24 +171,41 @@ def _level_names(by_run: dict[str, list[LevelRow]]) -> list[str]:
     return sorted(position, key=lambda name: (position[name], name))
 
 
-def _param_column(name: str) -> str:
-    return f"param.{name}" if name in HEAD or name in TAIL else name
+def _param_column(name: str, reserved: set[str]) -> str:
+    return f"param.{name}" if name in reserved else name
 
 
 def _metric_column(name: str, taken: set[str]) -> str:
     return f"metric.{name}" if name in taken else name
 
 
+def _paced_cells(r: dict[str, Any], values: dict[str, float], metric_columns: dict[str, str],
+                 info: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """The paced columns of one run: its dilation and lag, and its metrics and workload_s in model time."""
+    k = r["dilation"]
+    cells: dict[str, Any] = {"dilation": k, "lag_fraction": r["lag_fraction"],
+                             "lagged": is_lagged(k, r["lag_fraction"])}
+    for m, column in metric_columns.items():
+        v = values.get(m)
+        cells[column + MODEL] = None if v is None else to_model(v, info.get(m, ("", ""))[0], k)
+    cells[WORKLOAD_MODEL] = None if r["workload_s"] is None else to_model(r["workload_s"], "s", k)
+    return cells
+
+
 def tidy(store: Store) -> list[dict[str, Any]]:
     """One dict per run, in campaign order, every dict with the same keys in the same order."""
     runs = store.runs()
     metrics = store.metrics()
+    info = store.metric_info()
     by_run = levels(store)
     totals = plugin_totals(store)
-    params = sorted({k for r in runs for k in r["params"]})
-    param_columns = {p: _param_column(p) for p in params}
-    taken = set(HEAD) | set(TAIL) | set(param_columns.values())
+    paced = any_paced(runs)
     metric_names = sorted({m for values in metrics.values() for m in values})
+    reserved = set(HEAD) | set(TAIL)
+    if paced:  # a metric "x.model" beside "x" is renamed too
+        reserved |= {*PACED, WORKLOAD_MODEL, *(m + MODEL for m in metric_names)}
+    param_columns = {p: _param_column(p, reserved) for p in sorted({k for r in runs for k in r["params"]})}
+    taken = reserved | set(param_columns.values())
     metric_columns = {m: _metric_column(m, taken) for m in metric_names}
     level_names = _level_names(by_run)
     rows = []
@@ -123,6 +217,8 @@ def tidy(store: Store) -> list[dict[str, Any]]:
             row[column] = metrics.get(r["run_id"], {}).get(m)
         for c in TAIL:
             row[c] = r[c]
+        if paced:
+            row.update(_paced_cells(r, metrics.get(r["run_id"], {}), metric_columns, info))
         if level_names:
             mine = {lv.level: lv for lv in by_run.get(r["run_id"], [])}
             for name in level_names:

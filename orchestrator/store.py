@@ -6,7 +6,8 @@ that run, and resuming redoes it. The tables (all keyed by ``run_id``):
 
 ``runs``      one row per run: workload, repetition, parameters (JSON), status
               (``ok``, ``failed``, ``timeout``), times, exit code, the rendered
-              command, full stdout and stderr, and an error message if any
+              command, full stdout and stderr, an error message if any, and for
+              a paced run its dilation and lag (NULL for a run not paced)
 ``metrics``   the workload's metrics parsed from its output
 ``counters``  guest counters before and after the run: source ``vmstat``
               (node NULL), ``numastat`` and ``meminfo`` (per node); and libvirt's
@@ -21,6 +22,10 @@ The database appears whole: it is made with every table under a temporary name
 in the same directory and then published, so a reader (`ddc results`, `ddc
 report`, a test polling a campaign that is starting) finds either no file or a
 store with its schema, never one half made (see :func:`_create`).
+
+A store made by an older ddc (``meta['schema_version']`` lower) still opens: a
+writer (a resumed campaign) adds the columns it lacks in one transaction
+(:meth:`Store._upgrade`), a reader changes nothing and reads them as NULL.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.dilation, lag_ns, lag_fraction (paced mode)
 DB_NAME = "results.sqlite"
 
 SCHEMA = """
@@ -58,7 +63,11 @@ CREATE TABLE IF NOT EXISTS runs (
     teardown_s  REAL,                  -- its teardown steps, likewise
     stdout      TEXT NOT NULL,
     stderr      TEXT NOT NULL,
-    error       TEXT
+    error       TEXT,
+    -- schema 2 (paced mode; NULL for a run not paced), last so that ALTER TABLE adds them in this order
+    dilation     REAL,                 -- k: the guest ran k times slower than the model machine
+    lag_ns       INTEGER,              -- model ns the vCPUs fell behind beyond the plugin's catch-up window
+    lag_fraction REAL                  -- the worst vCPU's lag as a share of its model time over the run
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(run_id), name TEXT NOT NULL, value REAL NOT NULL,
@@ -82,6 +91,14 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE INDEX IF NOT EXISTS samples_run ON samples(run_id);
 """
 
+# Columns of runs added after schema 1, with their types: an older store gets them by ALTER TABLE.
+ADDED_RUN_COLUMNS = (("dilation", "REAL"), ("lag_ns", "INTEGER"), ("lag_fraction", "REAL"))
+RUN_COLUMNS = ("run_id", "seq", "workload", "rep", "params", "status", "blade", "command", "exit_code", "started",
+               "finished", "workload_s", "setup_s", "teardown_s", "stdout", "stderr", "error",
+               *(name for name, _ in ADDED_RUN_COLUMNS))
+# What runs() returns: every column but the outputs.
+READ_COLUMNS = tuple(c for c in RUN_COLUMNS if c not in ("stdout", "stderr"))
+
 
 @dataclass
 class RunRecord:
@@ -104,6 +121,11 @@ class RunRecord:
     stdout: str = ""
     stderr: str = ""
     error: str | None = None
+    # Paced mode (pacing.py): the run's k, and its lag (the worst vCPU's, over
+    # the command); None for a run that was not paced.
+    dilation: float | None = None
+    lag_ns: int | None = None
+    lag_fraction: float | None = None
     metrics: list[tuple[str, float, str, str]] = field(default_factory=list)  # name, value, unit, better
     counters: list[tuple[str, int | None, str, float | None, float | None]] = field(default_factory=list)
     hierarchy: dict[str, Any] | None = None  # the plugin's raw stats
@@ -130,7 +152,7 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         # A no-op on a store made whole; completes one left half made by an older ddc.
         self.db.executescript(SCHEMA)
-        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._upgrade()
 
     @classmethod
     def open_existing(cls, directory: str | Path) -> Store:
@@ -157,6 +179,20 @@ class Store:
             store.close()
             raise StateError(f"{path}: not a results store (it has no runs table); {fix}")
         return store
+
+    def _upgrade(self) -> None:
+        """Bring a store made by an older ddc to this schema: the runs columns it lacks, added in one
+        transaction with the new schema_version (ALTER TABLE is transactional in SQLite). BEGIN IMMEDIATE
+        makes writers that open an old store at once take turns; the second finds the columns there."""
+        with self.transaction() as db:
+            have = _columns(db, "runs")
+            for name, kind in ADDED_RUN_COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            # never lowered: a newer ddc's store stays marked as such
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND CAST(value AS INTEGER) < ?",
+                       (str(SCHEMA_VERSION), SCHEMA_VERSION))
 
     def close(self) -> None:
         self.db.close()
@@ -188,10 +224,9 @@ class Store:
         with self.transaction() as db:
             for table in ("metrics", "counters", "hierarchy", "levels", "nodes", "samples", "runs"):
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (r.run_id,))  # noqa: S608 (fixed names)
-            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       (r.run_id, r.seq, r.workload, r.rep, json.dumps(r.params, sort_keys=True), r.status,
-                        r.blade, r.command, r.exit_code, r.started, r.finished, r.workload_s, r.setup_s,
-                        r.teardown_s, r.stdout, r.stderr, r.error))
+            row = {**{c: getattr(r, c) for c in RUN_COLUMNS}, "params": json.dumps(r.params, sort_keys=True)}
+            db.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) "  # noqa: S608 (fixed names)
+                       f"VALUES ({', '.join('?' * len(RUN_COLUMNS))})", [row[c] for c in RUN_COLUMNS])
             db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", [(r.run_id, *m) for m in r.metrics])
             db.executemany("INSERT INTO counters VALUES (?,?,?,?,?,?,?)",
                            [(r.run_id, src, node, name, b, a, None if a is None or b is None else a - b)
@@ -214,10 +249,11 @@ class Store:
         return dict(self.db.execute("SELECT run_id, status FROM runs").fetchall())
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run as a dict (params decoded), in campaign order, without stdout/stderr."""
-        cur = self.db.execute("SELECT run_id, seq, workload, rep, params, status, blade, command, exit_code, "
-                              "started, finished, workload_s, setup_s, teardown_s, error "
-                              "FROM runs ORDER BY seq, run_id")
+        """Every run as a dict (params decoded), in campaign order, without stdout/stderr. A column an
+        older store lacks (it is opened read-only, so not upgraded) reads as None."""
+        have = _columns(self.db, "runs")
+        select = ", ".join(c if c in have else f"NULL AS {c}" for c in READ_COLUMNS)
+        cur = self.db.execute(f"SELECT {select} FROM runs ORDER BY seq, run_id")  # noqa: S608 (fixed names)
         cols = [c[0] for c in cur.description]
         out = []
         for row in cur.fetchall():
@@ -235,6 +271,10 @@ class Store:
     def metric_info(self) -> dict[str, tuple[str, str]]:
         """metric name -> (unit, better)."""
         return {n: (u, b) for n, u, b in self.db.execute("SELECT DISTINCT name, unit, better FROM metrics")}
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 def _connect(path: Path) -> sqlite3.Connection:

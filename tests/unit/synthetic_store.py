@@ -10,6 +10,12 @@ formulas so that tests can work out expected figures by hand:
     stream   triad_mb_s = BASE[placement] - latency + 10 * rep      (BASE local 3000, remote 2000)
              amat_ns    = 2 + latency / 100 + rep; l1d hits 450 + 50 * rep, misses 50
     sysbench latency_ms = OFFSET[placement] + latency / 100 + rep / 10  (OFFSET local 0.5, remote 1)
+
+``paced=True`` makes it a paced campaign: every run at dilation DILATION
+(stream's at ``stream_dilation`` if given) with a lag of LAG of its model time,
+but LAGGED_ID at LAGGED_LAG (over pacing.LAG_LIMIT). The metrics above are then
+what the guest measured: triad_mb_s is a rate (x k in model time), latency_ms a
+duration (/ k), events and threads have no unit (unchanged).
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ LEVELS = ("l1d", "l2", "llc")
 FAILED_ID = "stream-remote-400-r2"
 TIMEOUT_ID = "sysbench-local-100-r2"
 ERROR = "exit code 139: segfault in <main> & friends"
+DILATION = 30.0
+LAG = 0.002  # 0.2 % of model time: within pacing.LAG_LIMIT
+LAGGED_ID = "sysbench-remote-400-r1"
+LAGGED_LAG = 0.034
 
 
 def run_id(workload: str, placement: str, latency: int, rep: int) -> str:
@@ -75,7 +85,13 @@ SAMPLES = [(t, "plugin", "injected_ns", 1000.0 * t) for t in (0.0, 1.0, 2.0, 3.0
     + [(t, "guest", "nr_free_pages", v) for t, v in ((0.0, 5.0), (1.0, 3.0), (2.0, 4.0), (3.0, 2.0))]
 
 
-def records() -> list[RunRecord]:
+def _pace(r: RunRecord, dilation: float) -> None:
+    r.dilation = dilation
+    r.lag_fraction = LAGGED_LAG if r.run_id == LAGGED_ID else LAG
+    r.lag_ns = round(r.lag_fraction * (r.finished - r.started) * 1e9 / dilation)
+
+
+def records(paced: bool = False, stream_dilation: float | None = None) -> list[RunRecord]:
     out = []
     for make, workload in ((_stream, "stream"), (_sysbench, "sysbench")):
         for placement in PLACEMENTS:
@@ -96,12 +112,16 @@ def records() -> list[RunRecord]:
         error="no answer after 120 s"))
     out[2].samples = list(SAMPLES)  # stream-local-200-r0: the first ok run with samples
     out[5].samples = [(0.0, "guest", "numa_miss", 1.0), (1.0, "guest", "numa_miss", 3.0)]
+    if paced:
+        for r in out:
+            _pace(r, stream_dilation if stream_dilation is not None and r.workload == "stream" else DILATION)
     return out
 
 
-def build(directory: Path, meta: dict[str, str] | None = None) -> Store:
+def build(directory: Path, meta: dict[str, str] | None = None, paced: bool = False,
+          stream_dilation: float | None = None) -> Store:
     store = Store(directory)
-    for r in reversed(records()):  # saved out of order: readers must sort by seq
+    for r in reversed(records(paced, stream_dilation)):  # saved out of order: readers must sort by seq
         store.save(r)
     store.set_meta(**(meta if meta is not None else
                       {"name": "synthetic", "created": "2024-05-01T12:00:00", "primary.sysbench": "latency_ms",

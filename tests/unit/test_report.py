@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synthetic_store import ERROR, FAILED_ID, SAMPLES, TIMEOUT_ID, build, records
+from synthetic_store import DILATION, ERROR, FAILED_ID, LAGGED_ID, SAMPLES, TIMEOUT_ID, build, records
 
 from orchestrator import report as report_module
 from orchestrator.errors import StateError
-from orchestrator.report import (
+from orchestrator.report import mean_slowdowns, write_report
+from orchestrator.report_stats import (
     Bar,
     BarKind,
     Group,
@@ -33,7 +34,6 @@ from orchestrator.report import (
     slowdowns,
     summarize,
     t95,
-    write_report,
 )
 from orchestrator.results import levels
 from orchestrator.store import RunRecord, Store
@@ -371,3 +371,109 @@ def test_what_the_slowdown_plot_draws(tmp_path: Path, monkeypatch: pytest.Monkey
         "bars: 95 % t-interval of 3 repetitions at 1 point; min-max of 3 repetitions (their 95 % t-interval would "
         "reach 0 or below) at 1 point; min-max of 2 repetitions at 1 point; none (1 repetition: the point alone) "
         "at 1 point.")
+
+
+def test_mean_slowdowns(tmp_path: Path) -> None:
+    with build(tmp_path) as store:
+        means = mean_slowdowns(store)
+    assert len(means) == 12  # 2 workloads x 2 placements x 3 latencies
+    assert means["stream [placement=remote] mb0.latency_ns=100"] == 1.0
+    assert means["stream [placement=remote] mb0.latency_ns=400"] == pytest.approx(1905 / 1605)
+    assert means["sysbench [placement=local] mb0.latency_ns=400"] == pytest.approx(4.55 / 1.55)
+
+
+# -- paced mode ------------------------------------------------------------------------------------
+
+HEADER = ("Paced mode, dilation k = 30: the guest ran k times slower than the model machine, so the times and "
+          "rates below are model time (the guest's durations divided by k, its rates multiplied by k); the values "
+          "as the guest measured them are in the summary rows marked 'guest'.")
+
+
+@pytest.fixture(scope="module")
+def paced_md(tmp_path_factory: pytest.TempPathFactory) -> str:
+    directory = tmp_path_factory.mktemp("paced")
+    build(directory, paced=True).close()
+    write_report(directory)
+    return (directory / "report" / "report.md").read_text()
+
+
+def test_paced_header_and_lag_warning(paced_md: str) -> None:
+    title, created, paced, warning = paced_md.split("\n\n")[:4]
+    assert (title, created, paced) == ("# Campaign synthetic", "Created 2024-05-01T12:00:00.", HEADER)
+    assert warning.startswith("⚠ 1 of 26 paced runs LAGGED: their slowest vCPU fell behind its model clock by "
+                              "more than 1 % of its model time. The host could not keep up with k x model time")
+    assert "raise the dilation or quiet the host" in warning
+
+
+def test_not_paced_says_nothing_of_it(report: tuple[Path, list[Path]]) -> None:
+    md = (report[0] / "report.md").read_text()
+    assert "Paced" not in md and "model" not in md and "LAGGED" not in md and "Lag:" not in md
+    assert "| time |" not in md and "| guest |" not in md
+
+
+def test_paced_summary_in_model_and_guest_time(paced_md: str) -> None:
+    head = "| mb0.latency_ns | placement | metric | time | unit | better | n | mean | stdev | min | max | ci95 |"
+    assert paced_md.count(head) == 2
+    # stream remote 200: 1800 and 1810 MB/s in the guest, x 30 in model time
+    assert "| 200 | remote | triad_mb_s | model | MB/s | higher | 2 | 54150 | 212.132 | 54000 | 54300 | – |\n" \
+           "| 200 | remote | triad_mb_s | guest | MB/s | higher | 2 | 1805 | 7.07107 | 1800 | 1810 | – |" in paced_md
+    # sysbench local 100: 1.5 and 1.6 ms in the guest, / 30 in model time; events have no unit
+    model = " | ".join(f"{v:.6g}" for v in (1.55 / 30, math.sqrt(0.005) / 30, 1.5 / 30, 1.6 / 30))
+    assert f"| 100 | local | latency_ms | model | ms | lower | 2 | {model} | – |" in paced_md
+    assert "| 100 | local | latency_ms | guest | ms | lower | 2 | 1.55 | 0.0707107 | 1.5 | 1.6 | – |" in paced_md
+    assert "| 100 | local | events | same |  | higher | 2 | 645.833 |" in paced_md
+    assert paced_md.count("| events |") == 6, "a metric without a time unit has one row"
+    assert "Paced mode: the column time says on which clock." in paced_md
+
+
+def test_a_lagged_run_is_flagged(paced_md: str) -> None:
+    runs = paced_md[paced_md.index("## Runs"):paced_md.index("## Summary")]
+    assert "a run over 1 % is LAGGED. 1 of 26 runs lagged:" in runs
+    assert (f"| {LAGGED_ID} | ok | sysbench | 1 | mb0.latency_ns=400, placement=remote, scale=1.5, size=1G, "
+            "threads=4 | 30 | 3.4 % | ⚠ LAGGED |") in runs
+    assert runs.count("LAGGED") == 2  # the sentence and the one flag
+
+
+def test_different_dilations_and_no_lag(tmp_path: Path) -> None:
+    with build(tmp_path, paced=True, stream_dilation=20.0) as store:
+        store.db.execute("UPDATE runs SET lag_fraction = 0.004 WHERE run_id = ?", (LAGGED_ID,))
+    write_report(tmp_path)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Paced mode, dilations k = 20 (13 runs), 30 (13 runs): the guest ran k times slower" in md
+    assert "⚠" not in md and "No run lagged (the largest lag: 0.4 %)." in md
+    assert "| 200 | remote | triad_mb_s | model | MB/s | higher | 2 | 36100 |" in md  # 1805 x 20
+
+
+def test_paced_plots_are_in_model_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two points with the same rate in the guest, at k = 10 and 20: the same in the guest, twice as fast
+    in model time, so the slowdown plot shows 0.5 at the second."""
+    store = Store(tmp_path)
+    for seq, (latency, k) in enumerate(((250, 10.0), (1000, 20.0))):
+        store.save(RunRecord(run_id=f"redis-{latency}", seq=seq, workload="redis", rep=0, params={LAT: latency},
+                             status="ok", blade="cb0", command="redis-benchmark", started=0.0, finished=1.0,
+                             dilation=k, lag_ns=0, lag_fraction=0.0, metrics=[("rps", 100.0, "req/s", "higher")]))
+    with store:
+        campaign = report_module.load(store)
+    figures: list[Any] = []
+    monkeypatch.setattr(report_module, "_save", lambda fig, path: figures.append(fig))
+    outcome = report_module.plot_slowdown(campaign, tmp_path / "slowdown.png")
+    [ax] = figures[0].axes
+    [mean_line] = [line for line in ax.get_lines() if line.get_linestyle() != "None"]
+    assert list(mean_line.get_ydata()) == [1.0, 0.5]
+    assert ax.get_ylabel() == "slowdown in model time (1 = lowest latency)"
+    assert outcome.text.startswith("Slowdown of the primary metric in model time (redis: rps)")
+
+
+def test_paced_time_series_in_model_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with build(tmp_path, paced=True) as store:
+        campaign = report_module.load(store, run_id="stream-local-200-r0")
+    figures: list[Any] = []
+    monkeypatch.setattr(report_module, "_save", lambda fig, path: figures.append(fig))
+    outcome = report_module.plot_timeseries(campaign, tmp_path / "timeseries.png")
+    injected = next(ax for ax in figures[0].axes if ax.get_title() == "plugin: injected_ns")
+    [line] = injected.get_lines()
+    assert list(line.get_xdata()) == pytest.approx([1 / DILATION, 2 / DILATION, 3 / DILATION])
+    assert list(line.get_ydata()) == pytest.approx([1000 * DILATION] * 3)  # 1000 per wall second
+    assert injected.get_ylabel() == "injected_ns per model second"
+    assert figures[0].axes[-1].get_xlabel() == "model seconds since the run started (wall seconds / k)"
+    assert outcome.text.endswith("Paced (k = 30): time in model seconds, rates per model second.")

@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator import cli, store
 from orchestrator.errors import StateError
-from orchestrator.store import DB_NAME, RunRecord, Store
+from orchestrator.store import DB_NAME, SCHEMA_VERSION, RunRecord, Store
 
 TABLES = {"meta", "runs", "metrics", "counters", "hierarchy", "levels", "nodes", "samples"}
 
@@ -136,7 +136,7 @@ def test_resume_keeps_the_runs_and_the_meta(tmp_path: Path) -> None:
         s.set_meta(name="c")
         s.save(record("r0"))
     with Store(tmp_path) as s:
-        assert s.done() == {"r0": "ok"} and s.meta() == {"schema_version": "1", "name": "c"}
+        assert s.done() == {"r0": "ok"} and s.meta() == {"schema_version": str(SCHEMA_VERSION), "name": "c"}
 
 
 def test_readers_do_not_create_or_repair(tmp_path: Path) -> None:
@@ -172,3 +172,104 @@ def test_results_and_report_before_the_store_exists(verb: list[str], tmp_path: P
     assert err == (f"ddc: error: {out}: no results.sqlite here (yet); give the results directory of a campaign "
                    "(`ddc run --out DIR`), or wait until `ddc run` has started\n")
     assert sorted(os.listdir(out)) == [], "nothing written"
+
+
+# -- paced mode's columns, and stores made before them ---------------------------------------------
+
+# The runs table as schema 1 made it (before paced mode), and one run of it.
+OLD_RUNS = """CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, workload TEXT NOT NULL, rep INTEGER NOT NULL,
+    params TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'timeout')),
+    blade TEXT NOT NULL, command TEXT NOT NULL, exit_code INTEGER, started REAL NOT NULL, finished REAL NOT NULL,
+    workload_s REAL, setup_s REAL, teardown_s REAL, stdout TEXT NOT NULL, stderr TEXT NOT NULL, error TEXT);"""
+OLD_RUN = ("old", 0, "w", 0, '{"x": 1}', "ok", "cb0", "true", 0, 1.0, 2.0, 0.5, 0.1, 0.2, "out", "", None)
+PACED = ("dilation", "lag_ns", "lag_fraction")
+
+
+def old_store(directory: Path) -> Path:
+    """A store as a ddc of schema 1 left it: WAL mode, version 1, one run, no paced columns."""
+    directory.mkdir()
+    path = directory / DB_NAME
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"BEGIN;{OLD_RUNS}{store.SCHEMA}COMMIT;")  # SCHEMA's runs: IF NOT EXISTS, skipped
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute(f"INSERT INTO runs VALUES ({','.join('?' * len(OLD_RUN))})", OLD_RUN)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+    return path
+
+
+def run_columns(path: Path) -> list[str]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+    finally:
+        db.close()
+
+
+def test_paced_fields_round_trip(tmp_path: Path) -> None:
+    paced = record("paced", 1)
+    paced.dilation, paced.lag_ns, paced.lag_fraction = 30.0, 1_234_567, 0.0125
+    with Store(tmp_path) as s:
+        s.save(record("plain", 0))
+        s.save(paced)
+    with Store.open_existing(tmp_path) as s:
+        plain, back = s.runs()
+    assert (back["dilation"], back["lag_ns"], back["lag_fraction"]) == (30.0, 1_234_567, 0.0125)
+    assert isinstance(back["lag_ns"], int)
+    assert (plain["dilation"], plain["lag_ns"], plain["lag_fraction"]) == (None, None, None)
+    assert run_columns(tmp_path / DB_NAME)[-3:] == list(PACED)
+
+
+def test_a_reader_reads_an_old_store_as_it_is(tmp_path: Path) -> None:
+    """open_existing writes nothing: the columns stay absent and read as None, the file keeps its bytes."""
+    path = old_store(tmp_path / "c")
+    before = path.read_bytes()
+    with Store.open_existing(tmp_path / "c") as s:
+        [run] = s.runs()
+        meta = s.meta()
+    assert run["run_id"] == "old" and run["workload_s"] == 0.5 and run["params"] == {"x": 1}
+    assert (run["dilation"], run["lag_ns"], run["lag_fraction"]) == (None, None, None)
+    assert meta == {"schema_version": "1"}
+    assert not set(PACED) & set(run_columns(path))
+    assert path.read_bytes() == before
+
+
+def test_resuming_an_old_store_adds_the_columns(tmp_path: Path) -> None:
+    path = old_store(tmp_path / "c")
+    paced = record("new", 1)
+    paced.dilation, paced.lag_ns, paced.lag_fraction = 20.0, 5, 0.5
+    with Store(tmp_path / "c") as s:
+        s.save(paced)
+    assert run_columns(path)[-3:] == list(PACED)
+    with Store(tmp_path / "c") as s:  # a second resume finds them there
+        assert s.meta() == {"schema_version": str(SCHEMA_VERSION)}
+        old, new = s.runs()
+    assert old["run_id"] == "old" and old["teardown_s"] == 0.2 and old["dilation"] is None
+    assert (new["dilation"], new["lag_ns"], new["lag_fraction"]) == (20.0, 5, 0.5)
+
+
+def test_writers_upgrading_one_old_store_at_once(tmp_path: Path) -> None:
+    """Each checks and alters inside one BEGIN IMMEDIATE: none adds a column another just added."""
+    old_store(tmp_path / "c")
+    writers = 6
+    start = threading.Barrier(writers)
+    failures: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            start.wait()
+            with Store(tmp_path / "c") as s:
+                s.save(record(f"w{i}", i + 1))
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    assert run_columns(tmp_path / "c" / DB_NAME).count("dilation") == 1
+    with Store.open_existing(tmp_path / "c") as s:
+        assert sorted(s.done()) == ["old", *(f"w{i}" for i in range(writers))]
