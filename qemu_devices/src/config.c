@@ -34,6 +34,54 @@ int parse_u64(const char *s, uint64_t *out, int base)
     return (errno || *end) ? -1 : 0;
 }
 
+/* A finite decimal number, e.g. 0.4 or 15. */
+int parse_double(const char *s, double *out)
+{
+    char *end;
+
+    if (!s || !*s || isspace((unsigned char)*s)) {
+        return -1;
+    }
+    errno = 0;
+    *out = strtod(s, &end);
+    return (errno || *end || *out != *out || *out > 1e300 || *out < -1e300) ? -1 : 0;
+}
+
+const char *mode_name(int mode)
+{
+    static const char *const names[] = { [MODE_INJECT] = "inject", [MODE_ACCOUNT] = "account",
+                                         [MODE_PACED] = "paced" };
+
+    return mode >= 0 && mode <= MODE_PACED ? names[mode] : "?";
+}
+
+int mode_parse(const char *s)
+{
+    for (int m = MODE_INJECT; m <= MODE_PACED; m++) {
+        if (!strcmp(s, mode_name(m))) {
+            return m;
+        }
+    }
+    return -1;
+}
+
+/* The mode option, also set at run time (set_mode).  Paced mode prices
+ * instructions at every block, so it needs them counted; entering it
+ * anchors every vCPU afresh, and the links start a new schedule, since paced
+ * links run on model time and the others on real time. */
+int mode_set(int mode, char *err, size_t errlen)
+{
+    if (mode == MODE_PACED && !g.count_insns) {
+        return fail(err, errlen, "mode paced needs instructions counted; drop insns=off");
+    }
+    if ((mode == MODE_PACED) != (LOAD(&g.mode) == MODE_PACED)) {
+        links_reset();
+    }
+    STORE(&g.mode, mode);
+    pace_reanchor();
+    return 0;
+}
+
 /* 32K, 1M, 16M, 4096: binary multiples, as cache sizes are quoted. */
 int parse_size(const char *s, uint64_t *out)
 {
@@ -100,12 +148,12 @@ static int split(char *s, char sep, char **f, int max)
 
 static int parse_level(char *spec, struct level_cfg *l, char *err, size_t errlen)
 {
-    char *f[6];
+    char *f[7];
     uint64_t ways, line;
-    int n = split(spec, ':', f, 5);
+    int n = split(spec, ':', f, 6);
 
-    if (n != 5) {
-        return fail(err, errlen, "cache level '%s': want NAME:SIZE:WAYS:LINE:private|shared", spec);
+    if (n != 5 && n != 6) {
+        return fail(err, errlen, "cache level '%s': want NAME:SIZE:WAYS:LINE:private|shared[:HIT_NS]", spec);
     }
     if (!valid_name(f[0])) {
         return fail(err, errlen, "cache level name '%s': use letters, digits, _ - . (max %d)",
@@ -128,6 +176,14 @@ static int parse_level(char *spec, struct level_cfg *l, char *err, size_t errlen
         l->shared = true;
     } else {
         return fail(err, errlen, "cache level %s: '%s' must be private or shared", f[0], f[4]);
+    }
+    l->hit_ps = 0;
+    if (n == 6) {
+        double hit;
+        if (parse_double(f[5], &hit) || !(hit >= 0 && hit <= 1000000)) {
+            return fail(err, errlen, "cache level %s: hit time '%s' must be 0..1000000 ns", f[0], f[5]);
+        }
+        l->hit_ps = (uint64_t)(hit * 1000 + 0.5);
     }
     if (l->size % (ways * line)) {
         return fail(err, errlen, "cache level %s: size %s is not a multiple of ways*line (%llu)",
@@ -213,6 +269,8 @@ int batch_set(uint64_t ns, char *err, size_t errlen)
     return 0;
 }
 
+static void link_reset(struct blade *b);
+
 /* Create or update a blade; NULL leaves a field as it is.  Caller holds
  * g.ctl_lock (or runs before any vCPU exists). */
 int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbps,
@@ -264,17 +322,32 @@ int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbp
             STORE(&b->burst_slots, burst < LINK_SLOTS / 4 ? burst : LINK_SLOTS / 4);
             STORE(&b->lease, (uint32_t)(cap >= 16 ? 8 : cap >= 2 ? cap / 2 : 1));
         }
-        STORE(&b->gen, LOAD(&b->gen) + 1);
         __atomic_store_n(&b->tx_ps, tx, __ATOMIC_RELEASE);
-        /* Slot numbers depend on tx: forget the old schedule.  A vCPU
-         * booking concurrently may leave one stale word, which reads as a
-         * free slot or, at worst, one slot of the ring misjudged once. */
-        for (unsigned k = 0; k < LINK_SLOTS; k++) {
-            STORE(&b->slots[k], 0);
-        }
-        STORE(&b->first_open, 0);
+        /* Slot numbers depend on tx: forget the old schedule. */
+        link_reset(b);
     }
     return i;
+}
+
+/* A vCPU booking concurrently may leave one stale word, which reads as a
+ * free slot or, at worst, one slot of the ring misjudged once; a new gen
+ * ends every lease. */
+static void link_reset(struct blade *b)
+{
+    STORE(&b->gen, LOAD(&b->gen) + 1);
+    for (unsigned k = 0; k < LINK_SLOTS; k++) {
+        STORE(&b->slots[k], 0);
+    }
+    STORE(&b->first_open, 0);
+}
+
+void links_reset(void)
+{
+    unsigned n = __atomic_load_n(&g.nblades, __ATOMIC_ACQUIRE);
+
+    for (unsigned i = 0; i < n; i++) {
+        link_reset(&g.blades[i]);
+    }
 }
 
 static int range_cmp(const void *a, const void *b)
@@ -411,6 +484,7 @@ int parse_options(int argc, char **argv, char *err, size_t errlen)
     const char *blades[MAX_BLADES];
     const char *cache = DEFAULT_CACHE;
     unsigned nranges = 0, nblades = 0;
+    int mode = -1;
     bool seen_cache = false;
     struct range r[MAX_RANGES];
 
@@ -426,12 +500,21 @@ int parse_options(int argc, char **argv, char *err, size_t errlen)
         v = eq + 1;
 #define KEY(k) (klen == strlen(k) && !strncmp(argv[i], k, klen))
         if (KEY("mode")) {
-            if (!strcmp(v, "inject")) {
-                g.mode = MODE_INJECT;
-            } else if (!strcmp(v, "account")) {
-                g.mode = MODE_ACCOUNT;
-            } else {
-                return fail(err, errlen, "mode=%s: use inject or account", v);
+            if ((mode = mode_parse(v)) < 0) {
+                return fail(err, errlen, "mode=%s: use inject, account or paced", v);
+            }
+        } else if (KEY("dilation") || KEY("cpi_ns")) {
+            double x;
+            if (parse_double(v, &x) ||
+                pace_set(KEY("dilation") ? &x : NULL, KEY("cpi_ns") ? &x : NULL, NULL, err, errlen)) {
+                return fail(err, errlen, "%.*s=%s: %s", (int)klen, argv[i], v,
+                            KEY("dilation") ? "want a number, 1..100000 (0: free-running)"
+                                            : "want a number of ns, 0.001..1000000");
+            }
+        } else if (KEY("window_us")) {
+            uint64_t us;
+            if (parse_u64(v, &us, 10) || pace_set(NULL, NULL, &us, err, errlen)) {
+                return fail(err, errlen, "window_us=%s: want 0..10000000 us", v);
             }
         } else if (KEY("local_ns")) {
             if (parse_u64(v, &g.local_ns, 10)) {
@@ -488,9 +571,13 @@ int parse_options(int argc, char **argv, char *err, size_t errlen)
             snprintf(g.stats_path, sizeof(g.stats_path), "%s", v);
         } else {
             return fail(err, errlen, "unknown option '%.*s' (valid: mode, local_ns, batch_ns, insns, "
-                        "active, blade, range, cache, sock, stats)", (int)klen, argv[i]);
+                        "active, blade, range, cache, sock, stats, dilation, cpi_ns, window_us)",
+                        (int)klen, argv[i]);
         }
 #undef KEY
+    }
+    if (mode >= 0 && mode_set(mode, err, errlen)) {
+        return -1;
     }
     /* The cache first: a blade's transfer time depends on the LLC line. */
     if (parse_cache_spec(cache, err, errlen)) {

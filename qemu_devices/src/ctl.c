@@ -191,14 +191,34 @@ static int cmd_set_mode(const struct jval *req, char *err, size_t errlen)
     if (only_keys(req, keys, err, errlen)) {
         return -1;
     }
-    if (m && m->type == J_STR && !strcmp(m->str, "inject")) {
-        STORE(&g.mode, MODE_INJECT);
-    } else if (m && m->type == J_STR && !strcmp(m->str, "account")) {
-        STORE(&g.mode, MODE_ACCOUNT);
-    } else {
-        return fail(err, errlen, "mode must be \"inject\" or \"account\"");
+    if (!m || m->type != J_STR || mode_parse(m->str) < 0) {
+        return fail(err, errlen, "mode must be \"inject\", \"account\" or \"paced\"");
     }
-    return 0;
+    return mode_set(mode_parse(m->str), err, errlen);
+}
+
+/* Paced mode's dilation, cost of an instruction and catch-up window; any of
+ * them, at run time.  Every vCPU re-anchors on the wall clock. */
+static int cmd_set_pacing(const struct jval *req, char *err, size_t errlen)
+{
+    static const char *const keys[] = { "dilation", "cpi_ns", "window_us", NULL };
+    const struct jval *k = json_get(req, "dilation"), *cpi = json_get(req, "cpi_ns");
+    uint64_t window;
+
+    if (only_keys(req, keys, err, errlen)) {
+        return -1;
+    }
+    if (!k && !cpi && !json_get(req, "window_us")) {
+        return fail(err, errlen, "give dilation, cpi_ns and/or window_us");
+    }
+    if ((k && k->type != J_NUM) || (cpi && cpi->type != J_NUM)) {
+        return fail(err, errlen, "dilation and cpi_ns must be numbers");
+    }
+    if (json_get(req, "window_us") && get_uint(req, "window_us", &window, err, errlen)) {
+        return -1;
+    }
+    return pace_set(k ? &k->num : NULL, cpi ? &cpi->num : NULL, json_get(req, "window_us") ? &window : NULL,
+                    err, errlen);
 }
 
 /*
@@ -281,11 +301,14 @@ static bool handle(const char *line, struct sbuf *out)
         rc = cmd_set_batch(req, err, sizeof(err));
     } else if (!strcmp(cmd->str, "set_mode")) {
         rc = cmd_set_mode(req, err, sizeof(err));
+    } else if (!strcmp(cmd->str, "set_pacing")) {
+        rc = cmd_set_pacing(req, err, sizeof(err));
     } else if (!strcmp(cmd->str, "activate") || !strcmp(cmd->str, "deactivate")) {
         rc = cmd_switch(req, !strcmp(cmd->str, "activate"), out, err, sizeof(err));
     } else {
         snprintf(err, sizeof(err), "unknown cmd '%s' (valid: stats, config, reset, set_map, "
-                 "set_link, set_local_latency, set_batch, set_mode, activate, deactivate)", cmd->str);
+                 "set_link, set_local_latency, set_batch, set_mode, set_pacing, activate, deactivate)",
+                 cmd->str);
     }
     pthread_mutex_unlock(&g.ctl_lock);
     if (arm_after_unlock >= 0) {

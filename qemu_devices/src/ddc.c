@@ -26,6 +26,9 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 struct ddc g = {
     .mode = MODE_INJECT,
     .local_ns = 100,
+    .cpi_ps = 400,
+    .k_milli = 10000,
+    .window_ps = 20000000000ull,
     .batch_ns = 20000,
     .count_insns = true,
     .hw_direct = true,
@@ -283,14 +286,18 @@ static void charge(struct vcpu *v, const struct range *r, uint32_t node)
     d = lat > local ? lat - local : 0;
     mode = LOAD(&g.mode);
     tx = __atomic_load_n(&b->tx_ps, __ATOMIC_ACQUIRE);
-    if (tx) {
-        /*
-         * The vCPU's clock is real time plus what it owes (inject; negative
-         * after a stall overslept) or has been charged so far (account):
-         * when this request would really issue had every stall been paid
-         * exactly.
-         */
-        if (!link_leased(v, r->blade, b)) {
+    if (tx && !link_leased(v, r->blade, b)) {
+        if (mode == MODE_PACED && v->pace.k_milli) {
+            /* Paced: the link runs on model time, which the vCPU's model
+             * clock gives without a clock read. */
+            wait_ns = link_book(v, r->blade, b, pace_model_now_ps(v), pace_real_now_ps(v)) / 1000;
+        } else {
+            /*
+             * The vCPU's clock is real time plus what it owes (inject;
+             * negative after a stall overslept) or has been charged so far
+             * (account, free-running paced): when this request would really
+             * issue had every stall been paid exactly.
+             */
             int64_t real = (int64_t)link_now_ns(), now = real;
             now += mode == MODE_INJECT ? LOAD(&v->owed_ns) : (int64_t)v->skew_ns;
             wait_ns = link_book(v, r->blade, b, now > 0 ? (uint64_t)now * 1000 : 0, (uint64_t)real * 1000) / 1000;
@@ -308,6 +315,7 @@ static void charge(struct vcpu *v, const struct range *r, uint32_t node)
             stall(v);
         }
     } else {
+        /* account; paced prices C_MODELLED_NS into the model clock (pace.c) */
         v->skew_ns += d;
     }
 }
@@ -733,6 +741,9 @@ static void vcpu_tb_exec(unsigned int idx, void *ud)
 
     if (v) {
         BUMP(&v->c[C_INSNS], (uint64_t)(uintptr_t)ud);
+        if (__builtin_expect(LOAD(&g.mode) == MODE_PACED, 0)) {
+            pace_tb(v);
+        }
     }
 }
 
@@ -775,12 +786,14 @@ static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
  *
  *   deactivate: the access path (a republished map sends each vCPU through
  *               its slow path once) and the translation callback;
- *   activate:   a translation callback that instruments nothing, and the
- *               syscall-return (user mode) and resume-from-idle (system
- *               mode) callbacks.
+ *   activate:   a translation callback that instruments nothing;
+ *   both:       the syscall-return (user mode) and resume-from-idle (system
+ *               mode) callbacks, which are always registered; in system mode
+ *               a "bell" wakes idle vCPUs so that they resume (switch_arm).
  *
- * The kicks are armed (registered) first and only then switching becomes
- * SW_REQUESTED, so the reset that drops them cannot race with arming; the
+ * The translation kick is armed (registered) first and only then switching
+ * becomes SW_REQUESTED, so the reset that drops it cannot race with arming
+ * (a kick registered after the reset would replace vcpu_tb_trans); the
  * control thread is the only one to start a switch (SW_IDLE -> SW_ARMING).
  */
 
@@ -804,20 +817,53 @@ static void kick_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     kick();
 }
 
-static void kick_syscall_ret(qemu_plugin_id_t id, unsigned int idx, int64_t num, int64_t ret)
+/*
+ * Idle and resume (system mode), or a syscall and its return (user mode,
+ * where a blocked syscall is the nearest thing to idle): paced mode lets
+ * the model clock follow wall time across them, and a resume is also one of
+ * the places a requested switch starts.  Registered whatever the state: they
+ * are not in translated code and run only when a vCPU sleeps or wakes.
+ */
+static void vcpu_idle(qemu_plugin_id_t id, unsigned int idx)
 {
+    struct vcpu *v = vcpu_of(idx);
+
     (void)id;
-    (void)idx;
-    (void)num;
-    (void)ret;
-    kick();
+    if (v) {
+        pace_idle(v);
+    }
 }
 
-static void kick_resume(qemu_plugin_id_t id, unsigned int idx)
+static void vcpu_resume(qemu_plugin_id_t id, unsigned int idx)
+{
+    struct vcpu *v = vcpu_of(idx);
+
+    (void)id;
+    kick();
+    if (v) {
+        pace_resume(v);
+    }
+}
+
+static void vcpu_syscall(qemu_plugin_id_t id, unsigned int idx, int64_t num, uint64_t a1, uint64_t a2,
+                         uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8)
+{
+    (void)num, (void)a1, (void)a2, (void)a3, (void)a4, (void)a5, (void)a6, (void)a7, (void)a8;
+    vcpu_idle(id, idx);
+}
+
+static void vcpu_syscall_ret(qemu_plugin_id_t id, unsigned int idx, int64_t num, int64_t ret)
+{
+    (void)num;
+    (void)ret;
+    vcpu_resume(id, idx);
+}
+
+/* Registered only to wake every vCPU (see switch_arm); it does nothing. */
+static void bell(qemu_plugin_id_t id, unsigned int idx)
 {
     (void)id;
     (void)idx;
-    kick();
 }
 
 static void vcpu_init(qemu_plugin_id_t id, unsigned int idx);
@@ -828,6 +874,13 @@ static void register_always(qemu_plugin_id_t id)
 {
     qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
     qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);
+    if (g.system_emulation) {
+        qemu_plugin_register_vcpu_idle_cb(id, vcpu_idle);
+        qemu_plugin_register_vcpu_resume_cb(id, vcpu_resume);
+    } else {
+        qemu_plugin_register_vcpu_syscall_cb(id, vcpu_syscall);
+        qemu_plugin_register_vcpu_syscall_ret_cb(id, vcpu_syscall_ret);
+    }
 }
 
 uint64_t active_ns_now(void)
@@ -849,6 +902,7 @@ static void on_reset(qemu_plugin_id_t id)
     register_always(id);
     if (on) {
         qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
+        pace_reanchor();    /* paced vCPUs start on time from here */
     }
     __atomic_store_n(&g.switched_at, mono_ns(), __ATOMIC_RELAXED);
     __atomic_store_n(&g.active, on, __ATOMIC_RELEASE);
@@ -908,12 +962,18 @@ void switch_arm(bool on)
     if (on) {
         qemu_plugin_register_vcpu_tb_trans_cb(id, kick_tb_trans);
     }
-    if (g.system_emulation) {
-        qemu_plugin_register_vcpu_resume_cb(id, kick_resume);
-    } else {
-        qemu_plugin_register_vcpu_syscall_ret_cb(id, kick_syscall_ret);
-    }
     __atomic_store_n(&g.switching, SW_REQUESTED, __ATOMIC_RELEASE);
+    /*
+     * Wake every vCPU, so that an idle one runs its resume callback (a kick)
+     * now: registering a callback for an event the plugin had none for makes
+     * QEMU queue work on every vCPU.  The resume callback itself is always
+     * registered, so a callback nothing else uses rings the bell.  After
+     * SW_REQUESTED, so the woken vCPU sees the request; a reset that comes
+     * first only leaves the bell registered, and it does nothing.
+     */
+    if (g.system_emulation) {
+        qemu_plugin_register_vcpu_exit_cb(id, bell);
+    }
     if (!on) {
         pthread_mutex_lock(&g.ctl_lock);
         map_republish();

@@ -46,7 +46,9 @@
  * derive the counters the access path skips); on x86 it costs nothing. */
 #define BUMP(p, n)   __atomic_store_n((p), LOAD(p) + (n), __ATOMIC_RELEASE)
 
-enum mode { MODE_INJECT = 0, MODE_ACCOUNT = 1 };
+enum mode { MODE_INJECT = 0, MODE_ACCOUNT = 1, MODE_PACED = 2 };
+const char *mode_name(int mode);
+int mode_parse(const char *s);     /* MODE_*, or -1 */
 
 /* ---- cache hierarchy ---------------------------------------------------- */
 
@@ -56,6 +58,7 @@ struct level_cfg {
     uint32_t ways;
     uint32_t line;          /* bytes, power of two */
     bool shared;            /* one per QEMU process instead of one per vCPU */
+    uint64_t hit_ps;        /* load-to-use time of a hit here (paced mode's model clock) */
     /* derived */
     uint32_t line_shift;
     uint64_t sets;
@@ -152,7 +155,29 @@ enum {
     C_BLADE_ACC0 = C_NODE_MEM0 + MAX_NODES,
     C_BLADE_STALL0 = C_BLADE_ACC0 + MAX_BLADES,  /* latency + queueing, ns */
     C_BLADE_QUEUE0 = C_BLADE_STALL0 + MAX_BLADES, /* queueing only, ns */
-    NCOUNTERS = C_BLADE_QUEUE0 + MAX_BLADES,
+    /* paced mode (pace.c) */
+    C_MODEL_PS = C_BLADE_QUEUE0 + MAX_BLADES,  /* the model clock: work + lag + idle */
+    C_LAG_PS,               /* model time the vCPU fell behind beyond the window */
+    C_FORGIVEN_PS,          /* model time it was behind (within the window) when it went idle */
+    C_IDLE_MODEL_PS,        /* model time spent idle (wall / k) */
+    C_WALL_NS,              /* wall time while paced */
+    C_IDLE_NS,              /* of which idle */
+    C_WAIT_NS,              /* of which waiting for the model clock */
+    C_WAITS,
+    NCOUNTERS,
+};
+
+/* Paced mode: one vCPU's place against the wall clock (pace.c).  Written by
+ * the vCPU's own thread only. */
+struct pace {
+    uint64_t due_ps;        /* wall time (ps since g.t0_ns) the model clock has reached, x k */
+    uint64_t seen_ps;       /* wall time at the last clock read */
+    uint64_t idle_ps;       /* wall time the vCPU went idle; 0: not idle */
+    uint64_t k_milli;       /* dilation x 1000 in effect; 0: free-running (no waits) */
+    uint32_t epoch;         /* g.pace_epoch this state was anchored in */
+    /* counters when the model clock was last advanced */
+    uint64_t insns, lines, mod_ns;
+    uint64_t miss[MAX_LEVELS];
 };
 
 struct vcpu {
@@ -171,6 +196,7 @@ struct vcpu {
     int64_t owed_ns;            /* atomic; inject mode: stall not yet paid (may be < 0) */
     uint64_t skew_ns;           /* account mode: modelled stall so far (link clock) */
     bool slack_set;
+    struct pace pace;
     /* system mode: host page -> guest-physical offset (ddc.c, "Physical
      * addresses"), filled under hw_map */
     struct hw_span span;        /* the span (or memo page) of the last hit, checked first */
@@ -210,6 +236,11 @@ struct ddc {
     unsigned vcpus_seen;        /* atomic; vcpu_init calls so far */
     int mode;
     uint64_t local_ns;
+    /* paced mode (pace.c); atomics, changed by set_pacing */
+    uint64_t cpi_ps;            /* model time of one instruction */
+    uint64_t k_milli;           /* dilation x 1000; 0: free-running (model clock only) */
+    uint64_t window_ps;         /* how far behind k x model a vCPU may fall before it lags */
+    uint32_t pace_epoch;        /* bumped when vCPUs must re-anchor (activation, new k) */
     struct map *map;            /* atomic pointer, release/acquire */
     unsigned nblades;           /* atomic; blades[0..nblades) are valid */
 
@@ -264,6 +295,19 @@ bool switch_settled(void);
 void switch_done(void);         /* after each completed switch: time bookkeeping */
 uint64_t active_ns_now(void);
 
+/* pace.c: paced mode.  pace_tb runs at the start of every translation block
+ * (with the instruction count, ddc.c); idle/resume come from QEMU's vCPU idle
+ * and resume callbacks (system mode) or around each syscall (user mode). */
+void pace_tb(struct vcpu *v);
+void pace_idle(struct vcpu *v);
+void pace_resume(struct vcpu *v);
+void pace_reanchor(void);               /* every vCPU re-anchors at its next block */
+uint64_t pace_model_now_ps(const struct vcpu *v);   /* the vCPU's model time, for the link */
+uint64_t pace_real_now_ps(const struct vcpu *v);    /* wall / k at the last clock read */
+int pace_set(const double *dilation, const double *cpi_ns, const uint64_t *window_us,
+             char *err, size_t errlen);
+uint64_t wall_ps(void);
+
 /* cache.c (lookups: cache.h) */
 int cache_init(struct cache *c, const struct level_cfg *cfg);
 
@@ -273,12 +317,15 @@ int parse_u64(const char *s, uint64_t *out, int base);
 /* Format an error message into err and return -1 (option and request parsing). */
 int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int parse_size(const char *s, uint64_t *out);
+int parse_double(const char *s, double *out);
 int parse_cache_spec(const char *spec, char *err, size_t errlen);
 int parse_options(int argc, char **argv, char *err, size_t errlen);
 int blade_find(const char *name);
 int batch_set(uint64_t ns, char *err, size_t errlen);
 int blade_set(const char *name, const uint64_t *latency_ns, const double *bw_gbps,
               char *err, size_t errlen);
+void links_reset(void);         /* forget every link's schedule (a new time base) */
+int mode_set(int mode, char *err, size_t errlen);
 int map_publish(const struct range *r, unsigned n, char *err, size_t errlen);
 int map_republish(void);
 uint64_t llc_line_bytes(void);

@@ -150,6 +150,21 @@ static void render_counters(struct sbuf *b, const uint64_t *d, int64_t owed, con
     sb_printf(b, "],\"modelled_stall_ns\":%llu,\"injected_ns\":%llu,\"stalls\":%llu,\"owed_ns\":%lld",
               (unsigned long long)d[C_MODELLED_NS], (unsigned long long)d[C_INJECTED_NS],
               (unsigned long long)d[C_STALLS], (long long)owed);
+    /* paced mode: model time in ns, the rest wall time */
+    sb_printf(b, ",\"model_ns\":%llu,\"lag_ns\":%llu,\"forgiven_ns\":%llu,\"idle_model_ns\":%llu,"
+              "\"wall_ns\":%llu,\"idle_ns\":%llu,\"wait_ns\":%llu,\"waits\":%llu",
+              (unsigned long long)(d[C_MODEL_PS] / 1000), (unsigned long long)(d[C_LAG_PS] / 1000),
+              (unsigned long long)(d[C_FORGIVEN_PS] / 1000),
+              (unsigned long long)(d[C_IDLE_MODEL_PS] / 1000), (unsigned long long)d[C_WALL_NS],
+              (unsigned long long)d[C_IDLE_NS], (unsigned long long)d[C_WAIT_NS],
+              (unsigned long long)d[C_WAITS]);
+}
+
+static void render_pacing(struct sbuf *b)
+{
+    sb_printf(b, "\"dilation\":%g,\"cpi_ns\":%g,\"window_us\":%llu,",
+              (double)LOAD(&g.k_milli) / 1000, (double)LOAD(&g.cpi_ps) / 1000,
+              (unsigned long long)(LOAD(&g.window_ps) / 1000000));
 }
 
 void stats_render(struct sbuf *b)
@@ -162,10 +177,11 @@ void stats_render(struct sbuf *b)
 
     sb_printf(b, "\"mode\":\"%s\",\"active\":%s,\"uptime_ns\":%llu,\"since_reset_ns\":%llu,"
               "\"active_ns\":%llu,\"resets\":%llu,",
-              LOAD(&g.mode) == MODE_INJECT ? "inject" : "account",
+              mode_name(LOAD(&g.mode)),
               LOAD(&g.active) ? "true" : "false",
               (unsigned long long)(now - g.t0_ns), (unsigned long long)(now - g.reset_ns),
               (unsigned long long)active_ns_now(), (unsigned long long)g.resets);
+    render_pacing(b);
     sb_puts(b, "\"vcpus\":[");
     bool first = true;
     for (unsigned i = 0; i < nv; i++) {
@@ -211,19 +227,21 @@ void config_render(struct sbuf *b)
     sb_printf(b, "\"version\":\"%s\",\"target\":", DDC_VERSION);
     sb_str(b, g.target);
     sb_printf(b, ",\"system_emulation\":%s,\"address\":\"%s\",\"mode\":\"%s\",\"active\":%s,\"local_ns\":%llu,"
-              "\"batch_ns\":%llu,\"insns\":%s,\"vcpus\":%u,\"hw_memo\":%s,\"hw_mismatches\":%llu,\"cache\":[",
+              "\"batch_ns\":%llu,\"insns\":%s,\"vcpus\":%u,\"hw_memo\":%s,\"hw_mismatches\":%llu,",
               g.system_emulation ? "true" : "false", g.system_emulation ? "phys" : "virt",
-              LOAD(&g.mode) == MODE_INJECT ? "inject" : "account",
+              mode_name(LOAD(&g.mode)),
               LOAD(&g.active) ? "true" : "false", (unsigned long long)LOAD(&g.local_ns), (unsigned long long)LOAD(&g.batch_ns),
               g.count_insns ? "true" : "false", nvcpus(), LOAD(&g.hw_direct) ? "true" : "false",
               (unsigned long long)LOAD(&g.hw_mismatches));
+    render_pacing(b);
+    sb_puts(b, "\"cache\":[");
     for (unsigned i = 0; i < g.nlevels; i++) {
         const struct level_cfg *l = &g.levels[i];
         sb_printf(b, "%s{\"name\":", i ? "," : "");
         sb_str(b, l->name);
-        sb_printf(b, ",\"size\":%llu,\"ways\":%u,\"line\":%u,\"sets\":%llu,\"shared\":%s}",
+        sb_printf(b, ",\"size\":%llu,\"ways\":%u,\"line\":%u,\"sets\":%llu,\"shared\":%s,\"hit_ns\":%g}",
                   (unsigned long long)l->size, l->ways, l->line, (unsigned long long)l->sets,
-                  l->shared ? "true" : "false");
+                  l->shared ? "true" : "false", (double)l->hit_ps / 1000);
     }
     sb_puts(b, "],\"blades\":[");
     for (unsigned i = 0; i < nb; i++) {

@@ -37,7 +37,7 @@ def node(stats: dict[str, Any], n: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("opt, message", [
     ("bogus=1", "unknown option 'bogus'"),
-    ("mode=fast", "mode=fast: use inject or account"),
+    ("mode=fast", "mode=fast: use inject, account or paced"),
     ("cache=l1d:30000:8:64:private", "not a multiple of ways*line"),
     ("cache=llc:1M:16:64:shared", "must be private"),
     ("range=1000:2000:1:nosuch", "no blade named 'nosuch'"),
