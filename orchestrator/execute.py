@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import paramiko
 from fabric import Connection
 
-from . import collect, guest, plugin, state, testbed
+from . import collect, guest, pacing, plugin, state, testbed
 from .campaign import CampaignPlan, Run, load_campaign, numactl, testbed_links
 from .errors import DdcError, GuestError, HypervisorError, SpecError
 from .hierarchy import figures
@@ -413,6 +413,9 @@ class Session:
             raw = ctl.stats()
             lat = testbed.node_latencies(ctl.request("config"))
         fig = figures(raw, self.st.hit_ns, lat)
+        clocks = pacing.clocks(raw)
+        if clocks.paced:
+            rec.dilation, rec.lag_ns, rec.lag_fraction = clocks.dilation, clocks.lag_ns, clocks.lag_fraction
         rec.hierarchy = raw
         rec.levels = collect.level_rows(fig)
         rec.nodes = collect.node_rows(fig, lat)

@@ -56,7 +56,7 @@ def library() -> Path:
 def cache_option(levels: tuple[CacheLevelSpec, ...]) -> str:
     if not levels:
         return "none"
-    return ";".join(f"{c.name}:{c.size}:{c.ways}:{c.line}:{c.scope.value}" for c in levels)
+    return ";".join(f"{c.name}:{c.size}:{c.ways}:{c.line}:{c.scope.value}:{c.hit_ns:g}" for c in levels)
 
 
 def plugin_arg(rack: Rack, blade: ComputeBlade, lib: Path, sock: Path, stats: Path) -> str:
@@ -65,6 +65,10 @@ def plugin_arg(rack: Rack, blade: ComputeBlade, lib: Path, sock: Path, stats: Pa
     # active=off: the blade boots at plain-TCG speed; `up` activates the model
     # once every blade answers SSH.
     opts = [str(lib), "active=off", f"mode={rack.mode}", f"local_ns={rack.local_latency_ns}"]
+    if rack.mode == "paced":
+        # auto: free-running (no waits) until `up` has measured k
+        k = rack.dilation if isinstance(rack.dilation, float) else 0
+        opts += [f"dilation={k:g}", f"cpi_ns={rack.cpi_ns:g}"]
     used = {n.memory_blade for n in blade.remote_nodes}
     for mb in rack.memory_blades:
         if mb.name in used:

@@ -97,6 +97,26 @@ class Accel(StrEnum):
     TCG = "tcg"
 
 
+# Paced mode's cost of one instruction: one cycle at 2.5 GHz.  In-order
+# timing models (gem5's TimingSimpleCPU) charge a cycle per instruction and
+# the memory hierarchy's latency on top; 2.5 GHz is within the base clocks of
+# current server CPUs (README, "Paced timing").
+DEFAULT_CPI_NS = 0.4
+MAX_DILATION = 100_000
+
+
+def check_dilation(value: Any) -> float | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= MAX_DILATION:
+        raise ValueError(f"{value!r} is not a dilation; use auto, or a number from 1 to {MAX_DILATION} "
+                         "(how many times slower than the model the guest runs)")
+    return float(value)
+
+
+Dilation = Annotated[float | str, BeforeValidator(check_dilation)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
@@ -106,6 +126,7 @@ class Mode(StrEnum):
 
     INJECT = "inject"  # stall the vCPU for real: programs and their clocks see it
     ACCOUNT = "account"  # add it to a modelled clock only (fast runs)
+    PACED = "paced"  # every vCPU runs at k x a model clock: timing independent of the host's load
     OFF = "off"  # no plugin: plain TCG speed, NUMA/HMAT topology only
 
 
@@ -185,6 +206,10 @@ class TestbedSpec(_Model):
     local_latency_ns: int = Field(default=100, gt=0, le=1_000_000)
     local_bandwidth_gbps: float = Field(default=50.0, gt=0, le=10_000)
     mode: Mode = Mode.INJECT
+    # Paced mode: the guest runs k times slower than the model machine
+    # (`auto`: k measured on this host at `up`), whose instructions cost cpi_ns.
+    dilation: Dilation = "auto"
+    cpi_ns: float = Field(default=DEFAULT_CPI_NS, gt=0, le=1_000_000)
     caches: tuple[CacheLevelSpec, ...] = Field(default=DEFAULT_CACHES, max_length=MAX_CACHE_LEVELS)
     memory_blades: tuple[MemoryBladeSpec, ...] = ()
     compute_blades: tuple[ComputeBladeSpec, ...] = Field(min_length=1)
@@ -200,6 +225,9 @@ class TestbedSpec(_Model):
                                                          "give every blade a unique name")
                 seen[name] = f"{kind}[{i}]"
         self._check_caches()
+        if self.mode == Mode.PACED and self.accel == Accel.KVM:
+            raise _KeyError("mode", "paced needs TCG (the plugin paces emulated vCPUs), but accel is kvm; "
+                                    "use accel: tcg or auto, or mode: off")
         pools = {mb.name: mb for mb in self.memory_blades}
         used = dict.fromkeys(pools, 0)
         for i, cb in enumerate(self.compute_blades):

@@ -51,6 +51,9 @@ class TestbedState:
     accel: str = ""
     plugin: bool = False  # blades run the latency plugin (TCG and mode != off)
     hit_ns: dict[str, float] = field(default_factory=dict)  # cache level -> modelled hit time
+    mode: str = ""  # the plugin's mode (inject, account, paced), "" without the plugin
+    dilation: float = 0.0  # paced mode: k on every blade (set at up, measured when the file says auto)
+    cpi_ns: float = 0.0  # paced mode: model time of one instruction
     image_dir: str = ""  # the cached image the blades' overlays are based on
     phase: str = Phase.CREATING
     created_at: float = field(default_factory=time.time)

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from . import image as images
-from . import keys, memmap, paths, plugin, pools, state
+from . import keys, memmap, pacing, paths, plugin, pools, state
 from .errors import DdcError, HypervisorError, SpecError, StateError
 from .guest import Endpoint, Ready, wait_ready
 from .hierarchy import Figures, figures
@@ -107,14 +107,15 @@ def up(spec_file: str | Path, *, say: Say = _quiet, boot_timeout: float = BOOT_T
         _check_pool_room(rack)
         say(f"image {rack.image}")
         img = images.build_image(rack.image, progress=say)
-        accel = choose_accel(rack.accel, img.kernel, say)
+        accel = choose_accel(rack.accel, img.kernel, say, rack.mode)
         use_plugin = rack.mode != "off" and accel == "tcg"
         if rack.mode != "off" and not use_plugin:
             say(f"mode {rack.mode}: the latency plugin needs TCG and cannot run under KVM; the blades get "
                 "the NUMA/HMAT topology without latency injection or statistics")
         lib = plugin.library() if use_plugin else None
         st = TestbedState(name=rack.name, spec_file=str(p.spec_file), spec_digest=p.digest,
-                          uri=rack.uri, accel=accel, plugin=use_plugin,
+                          uri=rack.uri, accel=accel, plugin=use_plugin, mode=rack.mode if use_plugin else "",
+                          cpi_ns=rack.cpi_ns if rack.mode == "paced" else 0.0,
                           hit_ns={c.name: c.hit_ns for c in rack.caches}, image_dir=str(img.directory))
         st.save()
         try:
@@ -159,8 +160,11 @@ def _check_no_leftovers(rack: Rack) -> None:
                          hint=f"`ddc down {rack.name}` removes them")
 
 
-def choose_accel(wanted: str, kernel: Path, say: Say = _quiet) -> str:
+def choose_accel(wanted: str, kernel: Path, say: Say = _quiet, mode: str = "inject") -> str:
     if wanted == "tcg":
+        return "tcg"
+    if mode == "paced":  # the file refuses paced with kvm; auto means TCG then
+        say("accelerator: tcg (mode paced needs TCG)")
         return "tcg"
     works = kvm_works(kernel)
     if wanted == "kvm" and not works:
@@ -256,7 +260,25 @@ def _create(rack: Rack, st: TestbedState, img: images.GuestImage, lib: Path | No
                 ctl.request("activate")
                 ctl.request("reset")
         say(f"latency plugin active on every blade (mode {rack.mode})")
+        if rack.mode == "paced":
+            _pace(rack, st, say)
     return boot
+
+
+def _pace(rack: Rack, st: TestbedState, say: Say) -> None:
+    """Paced mode's k: the file's number, or measured here (dilation: auto)."""
+    sockets = {b.name: st.plugin_socket(b.name) for b in rack.compute_blades}
+    if isinstance(rack.dilation, float):
+        k = rack.dilation
+    else:
+        cal = pacing.calibrate(sockets, {b: endpoint(st, b) for b in sockets}, say)
+        k = cal.dilation
+        say(f"paced: {cal.describe()}")
+    pacing.set_dilation(sockets, k)
+    st.dilation = k
+    st.save()
+    say(f"paced: the guests run {k:g}x slower than the model (cpi_ns {rack.cpi_ns:g}); "
+        f"divide what they measure by {k:g} for model time")
 
 
 @contextlib.contextmanager
@@ -299,6 +321,8 @@ def restart_blade(name: str, blade: str, *, say: Say = _quiet, boot_timeout: flo
         if st.plugin:
             with plugin.Control(st.plugin_socket(blade)) as ctl:
                 ctl.request("activate")
+                if st.dilation:  # paced: the k measured at up, not the file's auto
+                    ctl.request("set_pacing", dilation=st.dilation)
                 ctl.request("reset")
     say(f"compute blade {blade}: restarted, booted ({ready.state}) after {seconds:.1f} s")
     return seconds
@@ -346,7 +370,8 @@ def domain_config(rack: Rack, blade: ComputeBlade, st: TestbedState, img: images
                                               st.plugin_stats(blade.name)))
     return DomainConfig(
         testbed=rack.name, blade=blade, accel=st.accel, kernel=img.kernel, initrd=img.initrd,
-        cmdline=img.cmdline, disk=bdir / "root.qcow2", console_log=bdir / "console.log",
+        cmdline=" ".join((img.cmdline, *pacing.kernel_args(rack.mode, blade.vcpus))),
+        disk=bdir / "root.qcow2", console_log=bdir / "console.log",
         ssh_port=st.blades[blade.name].ssh_port,
         fw_cfg=(("opt/ddc/hostname", bdir / "hostname"),
                 ("opt/ddc/ssh_host_ed25519_key", bdir / "ssh_host_ed25519_key"),
@@ -605,6 +630,10 @@ def set_link(name: str, memory_blade: str, latency_ns: int | None = None,
     st = load_up(name)
     fields: dict[str, Any] = {"blade": memory_blade}
     if latency_ns is not None:
+        local = load_testbed(st.spec_file).local_latency_ns
+        if latency_ns < local:
+            raise SpecError(f"--latency {latency_ns} is below local_latency_ns ({local}) of {name!r}, and remote "
+                            f"memory cannot be faster than local here: give at least {local}")
         fields["latency_ns"] = latency_ns
     if bandwidth_gbps is not None:
         fields["bandwidth_gbps"] = bandwidth_gbps

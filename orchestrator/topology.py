@@ -92,6 +92,8 @@ class Rack:
     compute_blades: tuple[ComputeBlade, ...]
     mode: str = "inject"  # the latency plugin's mode, or "off"
     caches: tuple[CacheLevelSpec, ...] = ()
+    dilation: float | str = "auto"  # paced mode: k, or "auto" (measured at up)
+    cpi_ns: float = 0.4  # paced mode: model time of one instruction
 
 
 def domain_name(testbed: str, blade: str) -> str:
@@ -139,7 +141,7 @@ def resolve(spec: TestbedSpec, pool_root: Path) -> Rack:
     return Rack(name=spec.name, uri=spec.uri, accel=spec.accel.value, image=spec.image,
                 local_latency_ns=spec.local_latency_ns, local_bandwidth_gbps=spec.local_bandwidth_gbps,
                 memory_blades=memories, compute_blades=tuple(computes), mode=spec.mode.value,
-                caches=spec.caches)
+                caches=spec.caches, dilation=spec.dilation, cpi_ns=spec.cpi_ns)
 
 
 def _distance_matrix(to_node: list[int]) -> tuple[tuple[int, ...], ...]:
