@@ -36,6 +36,7 @@
  * orchestrator's dilation: auto measures k this way).
  */
 #include <errno.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <time.h>
@@ -131,10 +132,10 @@ static void wait_until(struct vcpu *v, uint64_t due, uint64_t now)
         while (nanosleep(&ts, &ts) && errno == EINTR) {
         }
     }
+    /* Yield rather than spin: other threads of this QEMU (the other vCPUs,
+     * the main loop serving the devices) may need this core meanwhile. */
     while (wall_ps() < due) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        sched_yield();
     }
 }
 
