@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import execute, monitor, rack, testbed
+from . import execute, monitor, pacing, rack, testbed
 from . import image as images
 from .campaign import Run
 from .errors import DdcError, SpecError
@@ -57,8 +57,10 @@ def _say(message: str) -> None:
 def cmd_validate(a: argparse.Namespace) -> int:
     p = testbed.plan(a.file)
     rack = p.rack
-    OUT.print(f"[bold]{rack.name}[/bold]: valid ({a.file}); accel {rack.accel}, image {rack.image}, "
-              f"libvirt {rack.uri}, total {format_size(p.spec.total_memory())}")
+    paced = (f" (dilation {rack.dilation if isinstance(rack.dilation, str) else f'{rack.dilation:g}'}, "
+             f"cpi_ns {rack.cpi_ns:g})" if rack.mode == "paced" else "")
+    OUT.print(f"[bold]{rack.name}[/bold]: valid ({a.file}); accel {rack.accel}, mode {rack.mode}{paced}, "
+              f"image {rack.image}, libvirt {rack.uri}, total {format_size(p.spec.total_memory())}")
     mbs = Table("memory blade", "size", "used", "latency", "bandwidth", "slices", title="memory blades")
     for mb in rack.memory_blades:
         mbs.add_row(mb.name, format_size(mb.size), format_size(mb.used) if mb.used else "0",
@@ -146,6 +148,9 @@ def cmd_status(a: argparse.Namespace) -> int:
     for bed in beds:
         OUT.print(f"[bold]{bed['name']}[/bold]: {bed['phase']} since {bed['since']} ({bed['accel']}, "
                   f"{bed['uri']}) from {bed['spec_file']}")
+        if bed.get("dilation"):
+            OUT.print(f"  paced: dilation {bed['dilation']:g}, cpi_ns {bed['cpi_ns']:g} (the guests run "
+                      f"{bed['dilation']:g}x slower than the model; their times / k are model time)")
         if bed["error"]:
             OUT.print(f"  error: {bed['error']}", markup=False)
         _print_blades([testbed.BladeView(**b) for b in bed["blades"]])
@@ -193,6 +198,28 @@ def cmd_stats(a: argparse.Namespace) -> int:
                           f"{b['accesses']:,}", f"{b['bytes']:,}", f"{b['stall_ns'] / 1e6:,.1f} ms",
                           f"{b['queue_ns'] / 1e6:,.1f} ms")
         OUT.print(links)
+        clocks = pacing.clocks(raw)
+        if clocks.mode == "paced":
+            _print_clocks(clocks)
+    return 0
+
+
+def _print_clocks(c: pacing.Clocks) -> None:
+    t = Table("vCPU", "model time", "lag", "idle (model)", "wall", "of it idle", "of it waiting",
+              title=f"paced: dilation {c.dilation:g}, cpi_ns {c.cpi_ns:g}, window {c.window_us / 1000:g} ms wall")
+    for v in c.vcpus:
+        t.add_row(str(v.vcpu), f"{v.model_ns / 1e6:,.3f} ms", f"{v.lag_ns / 1e6:,.3f} ms ({v.lag_fraction:.2%})",
+                  f"{v.idle_model_ns / 1e6:,.3f} ms", f"{v.wall_ns / 1e6:,.1f} ms", f"{v.idle_ns / 1e6:,.1f} ms",
+                  f"{v.wait_ns / 1e6:,.1f} ms")
+    OUT.print(t)
+
+
+def cmd_pace(a: argparse.Namespace) -> int:
+    name = testbed.testbed_name(a.file)
+    if a.dilation is not None:
+        testbed.set_dilation(name, a.dilation)
+    st = testbed.load_up(name)
+    OUT.print(f"{name}: dilation {st.dilation:g}, cpi_ns {st.cpi_ns:g}")
     return 0
 
 
@@ -368,6 +395,7 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ssh": cmd_ssh,
     "stats": cmd_stats,
     "link": cmd_link,
+    "pace": cmd_pace,
     "run": cmd_run,
     "results": cmd_results,
     "report": cmd_report,
@@ -425,6 +453,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("memory_blade")
     p.add_argument("--latency", type=int, metavar="NS", help="latency_ns of the memory blade")
     p.add_argument("--bandwidth", type=float, metavar="GBPS", help="bandwidth_gbps (0: unlimited)")
+
+    p = sub.add_parser("pace", help="paced mode: show the dilation, or change it live on every blade")
+    p.add_argument("file")
+    p.add_argument("--dilation", type=float, metavar="K", help="the new k (at least 1)")
 
     p = sub.add_parser("run", help="run a campaign (resumes where an interrupted one stopped)")
     p.add_argument("campaign")

@@ -212,8 +212,14 @@ class Session:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self._pace(True)  # a paced testbed stays paced for whoever uses it next
         self._disconnect()
         self._stack.close()
+
+    @property
+    def dilation(self) -> float:
+        """Paced mode's k; 0 when the testbed is not paced."""
+        return self.st.dilation if self.st is not None and self.st.mode == "paced" else 0.0
 
     @property
     def has_plugin(self) -> bool:
@@ -295,6 +301,16 @@ class Session:
         with self._ctl() as ctl:
             for mb, link in run.links().items():
                 ctl.request("set_link", blade=mb, **link)
+            if self.dilation:
+                ctl.request("set_pacing", dilation=0)  # see _pace
+
+    def _pace(self, on: bool) -> None:
+        """Paced mode runs only the command at k x model time. Setup, snapshots
+        and teardown time nothing, so the clocks free-run (dilation 0) meanwhile:
+        at k = 30 the campaign's own steps in the guest cost 40 s a run."""
+        if self.dilation and self.has_plugin:
+            with contextlib.suppress(DdcError), self._ctl() as ctl:
+                ctl.request("set_pacing", dilation=self.dilation if on else 0)
 
     def restore_links(self) -> None:
         """Put the links back as the testbed file has them."""
@@ -310,7 +326,8 @@ class Session:
         wl = self.plan.workloads[run.workload]
         rdir = f"{GUEST_DIR}/{run.run_id}"
         steps = render(wl, run.workload_params(wl), numactl(run.placement), rdir)
-        timeout = self.plan.timeout_of(run)
+        # Paced: a timeout is model seconds, so the guest gets k times as many.
+        timeout = self.plan.timeout_of(run) * (self.dilation or 1)
         rec = RunRecord(run_id=run.run_id, seq=run.seq, workload=run.workload, rep=run.rep, params=run.params,
                         status="failed", blade=self.blade, command=steps.command, started=time.time(),
                         finished=0.0)
@@ -346,6 +363,8 @@ class Session:
         dom_before = self._domstats()
         if self.has_plugin:
             with self._ctl() as ctl:
+                if self.dilation:
+                    ctl.request("set_pacing", dilation=self.dilation)  # every vCPU starts on time
                 ctl.request("reset")
         sampler = PluginSampler(self, self.plan.spec.sample_interval) if self.has_plugin else None
         t0 = time.time()
@@ -368,14 +387,16 @@ class Session:
         rec.exit_code = None if timed_out else code
         if timed_out or code in (124, 128 + 9):
             rec.status = "timeout"
-            rec.error = f"passed its timeout of {timeout:g} s" + (" (the host gave up on the guest)" if timed_out
-                                                                   else "")
+            paced = f" (model time: {timeout:g} s wall at dilation {self.dilation:g})" if self.dilation else ""
+            rec.error = (f"passed its timeout of {timeout / (self.dilation or 1):g} s{paced}"
+                         + (" (the host gave up on the guest)" if timed_out else ""))
         elif code != 0:
             rec.error = f"exited with {code}"
         else:
             rec.status = "ok"
         if self.has_plugin:
             self._hierarchy(rec)
+            self._pace(False)
         rec.counters += [("domstats", None, k, dom_before.get(k), v) for k, v in self._domstats().items()]
         self._finish(rec, rdir, steps.teardown, before, guest_t0 or t0)
 

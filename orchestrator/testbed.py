@@ -34,7 +34,7 @@ from .hierarchy import Figures, figures
 from .hypervisor import ABSENT, Hypervisor, kvm_works
 from .render import DomainConfig, domain_xml
 from .runner import run
-from .spec import TestbedSpec, check_image, check_name, format_size, load_testbed
+from .spec import MAX_DILATION, TestbedSpec, check_image, check_name, format_size, load_testbed
 from .state import BladeRecord, Phase, TestbedState
 from .topology import ComputeBlade, Rack, check_fits_host, host_memory, resolve
 
@@ -531,7 +531,8 @@ def status(name: str | None = None) -> list[dict[str, Any]]:
             if name:
                 raise StateError(f"testbed {n!r} is not up", hint="`ddc up FILE` brings it up")
             continue
-        out.append({"name": st.name, "phase": st.phase, "accel": st.accel, "uri": st.uri,
+        out.append({"name": st.name, "phase": st.phase, "accel": st.accel, "uri": st.uri, "mode": st.mode,
+                    "dilation": st.dilation, "cpi_ns": st.cpi_ns,
                     "spec_file": st.spec_file, "since": time.strftime("%Y-%m-%d %H:%M:%S",
                                                                       time.localtime(st.created_at)),
                     "error": st.error,
@@ -647,6 +648,20 @@ def set_link(name: str, memory_blade: str, latency_ns: int | None = None,
     if not changed:
         raise SpecError(f"no compute blade of {name!r} uses memory blade {memory_blade!r}")
     return changed
+
+
+def set_dilation(name: str, dilation: float) -> None:
+    """Paced mode's k, changed live on every blade of a paced testbed."""
+    st = load_up(name)
+    if st.mode != "paced":
+        raise StateError(f"testbed {name!r} is not paced (mode {st.mode or 'off'})",
+                         hint="dilation applies to `mode: paced` testbeds")
+    if not 1 <= dilation <= MAX_DILATION:
+        raise SpecError(f"--dilation {dilation:g}: want a number from 1 to {MAX_DILATION}")
+    with state.locked(name):
+        pacing.set_dilation({b: st.plugin_socket(b) for b in st.blades}, dilation)
+        st.dilation = dilation
+        st.save()
 
 
 def prune_images() -> list[Path]:
