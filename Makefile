@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DDC    := $(VENV)/bin/ddc
-RACK   ?= examples/rack.yaml
+RACK   ?= examples/paced-rack.yaml
 
 .PHONY: all deps venv plugin demo test unit vm lint bench clean
 
