@@ -116,6 +116,19 @@ def check_dilation(value: Any) -> float | str:
 
 Dilation = Annotated[float | str, BeforeValidator(check_dilation)]
 
+# One kernel parameter: it goes into the domain XML's <cmdline> unquoted.
+_KERNEL_ARG_RE = re.compile(r"^[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+-]+)?$")
+
+
+def check_kernel_arg(value: Any) -> str:
+    if not isinstance(value, str) or not _KERNEL_ARG_RE.match(value):
+        raise ValueError(f"{value!r} is not a kernel parameter; use NAME or NAME=VALUE without spaces or "
+                         "quotes, e.g. nohz_full=1")
+    return value
+
+
+KernelArg = Annotated[str, BeforeValidator(check_kernel_arg)]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
@@ -210,6 +223,8 @@ class TestbedSpec(_Model):
     # (`auto`: k measured on this host at `up`), whose instructions cost cpi_ns.
     dilation: Dilation = "auto"
     cpi_ns: float = Field(default=DEFAULT_CPI_NS, gt=0, le=1_000_000)
+    # Added to every compute blade's kernel command line (e.g. nohz_full=1).
+    kernel_args: tuple[KernelArg, ...] = ()
     caches: tuple[CacheLevelSpec, ...] = Field(default=DEFAULT_CACHES, max_length=MAX_CACHE_LEVELS)
     memory_blades: tuple[MemoryBladeSpec, ...] = ()
     compute_blades: tuple[ComputeBladeSpec, ...] = Field(min_length=1)

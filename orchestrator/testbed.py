@@ -370,7 +370,7 @@ def domain_config(rack: Rack, blade: ComputeBlade, st: TestbedState, img: images
                                               st.plugin_stats(blade.name)))
     return DomainConfig(
         testbed=rack.name, blade=blade, accel=st.accel, kernel=img.kernel, initrd=img.initrd,
-        cmdline=" ".join((img.cmdline, *pacing.kernel_args(rack.mode, blade.vcpus))),
+        cmdline=" ".join((img.cmdline, *rack.kernel_args)),
         disk=bdir / "root.qcow2", console_log=bdir / "console.log",
         ssh_port=st.blades[blade.name].ssh_port,
         fw_cfg=(("opt/ddc/hostname", bdir / "hostname"),

@@ -94,6 +94,7 @@ class Rack:
     caches: tuple[CacheLevelSpec, ...] = ()
     dilation: float | str = "auto"  # paced mode: k, or "auto" (measured at up)
     cpi_ns: float = 0.4  # paced mode: model time of one instruction
+    kernel_args: tuple[str, ...] = ()  # added to every compute blade's kernel command line
 
 
 def domain_name(testbed: str, blade: str) -> str:
@@ -141,7 +142,8 @@ def resolve(spec: TestbedSpec, pool_root: Path) -> Rack:
     return Rack(name=spec.name, uri=spec.uri, accel=spec.accel.value, image=spec.image,
                 local_latency_ns=spec.local_latency_ns, local_bandwidth_gbps=spec.local_bandwidth_gbps,
                 memory_blades=memories, compute_blades=tuple(computes), mode=spec.mode.value,
-                caches=spec.caches, dilation=spec.dilation, cpi_ns=spec.cpi_ns)
+                caches=spec.caches, dilation=spec.dilation, cpi_ns=spec.cpi_ns,
+                kernel_args=spec.kernel_args)
 
 
 def _distance_matrix(to_node: list[int]) -> tuple[tuple[int, ...], ...]:
