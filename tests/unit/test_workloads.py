@@ -57,7 +57,7 @@ def test_defaults_render_without_leftovers(name: str) -> None:
 # Exact values read from the recorded files: a regex that catches the wrong
 # column or line fails here.
 SPOT_CHECKS = [
-    ("sysbench-memory", {"mib_per_s": 782.47, "ops_per_s": 12.23, "latency_avg_ms": 142.01}),
+    ("sysbench-memory", {"total_s": 1.2753, "mib_per_s": 782.47, "ops_per_s": 12.23, "latency_avg_ms": 142.01}),
     ("sysbench-threads", {"total_time_s": 2.6613, "latency_avg_ms": 8.77}),
     ("stress-ng-vm", {"bogo_ops_per_s": 696.13, "bogo_ops_per_cpu_s": 349.62, "bogo_ops": 2799}),
     ("redis", {"get_rps": 1934.24, "set_rps": 1556.02, "get_p50_ms": 2.735, "get_p99_ms": 9.327,
