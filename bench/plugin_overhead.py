@@ -32,6 +32,9 @@ Variants:
   ddc-ni  the same with insns=off (no per-TB callback)
   ddc-off the same loaded with active=off, never activated: should match
           plain (no instrumentation while inactive)
+  ddc-paced  libddc in paced mode, free-running (dilation=0): the model
+          clock's pricing at every block, without any wait
+  base, base-off  with --baseline LIBDDC: an older build, as ddc and ddc-off
   cache   contrib/plugins/cache.c of the installed QEMU's source (L1d, L1i
           and L2, LRU), compiled at bench time from qemu_devices/build/src
           into a temporary directory (never committed)
@@ -118,6 +121,9 @@ WORKLOADS = [
 ]
 
 DDC_OPTS = ["mode=account", "local_ns=0", "cache=l1d:32K:8:64:private;l2:1M:16:64:private;llc:16M:16:64:shared"]
+# Paced mode free-running (k = 0): the model clock is priced at every block
+# but nothing waits, so what it adds is the cost of pacing's bookkeeping.
+PACED_OPTS = ("mode=paced", "dilation=0", "cpi_ns=0.4")
 GUEST_MIB = 512
 # In a blade, libddc always has a map with node 0's range (orchestrator/
 # memmap.py), and its physical-address memo knows that range's whole host
@@ -251,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip-cache", action="store_true", help="leave contrib cache.c out (it is slow)")
     ap.add_argument("--system", action="store_true", help="qemu-system-x86_64 with a kernel and an initramfs")
     ap.add_argument("--kernel", type=Path, help=f"the kernel for --system (default: first of {KERNEL_GLOB})")
+    ap.add_argument("--baseline", type=Path, metavar="LIBDDC",
+                    help="also an older libddc.so (e.g. built from a git worktree of an earlier commit): "
+                         "variants base and base-off, with ddc's options")
     ap.add_argument("--debug", action="store_true", help="log every command")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
@@ -277,7 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Variant("ddc", DEVICES / "build" / "libddc.so", tuple(DDC_OPTS), DDC_SYSTEM_OPTS),
                 Variant("ddc-ni", DEVICES / "build" / "libddc.so", (*DDC_OPTS, "insns=off"), DDC_SYSTEM_OPTS),
                 Variant("ddc-off", DEVICES / "build" / "libddc.so", (*DDC_OPTS, "active=off"), DDC_SYSTEM_OPTS),
+                Variant("ddc-paced", DEVICES / "build" / "libddc.so", (*DDC_OPTS[1:], *PACED_OPTS), DDC_SYSTEM_OPTS),
             ]
+            if args.baseline:
+                variants += [Variant("base", args.baseline, tuple(DDC_OPTS), DDC_SYSTEM_OPTS),
+                             Variant("base-off", args.baseline, (*DDC_OPTS, "active=off"), DDC_SYSTEM_OPTS)]
             if not args.skip_cache:
                 variants.append(Variant("cache", build_contrib_cache(out), tuple(CACHE_OPTS)))
             times: dict[tuple[str, str], list[float]] = {(w.name, v.name): [] for w in workloads for v in variants}
