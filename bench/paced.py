@@ -31,83 +31,24 @@ divided by k, or a rate multiplied by k) unless it says "wall".
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import execute, guest, pacing, plugin, report, testbed  # noqa: E402
+from orchestrator import execute, report, testbed  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
+from tests.vm.paced_probes import LOCAL_NS, Blade, hog, rack  # noqa: E402
 
 NAME = "bench-paced"
-LOCAL_NS = 100
-RACK: dict[str, Any] = {
-    "name": NAME, "accel": "tcg", "mode": "paced", "local_latency_ns": LOCAL_NS,
-    "caches": [{"name": "l1d", "size": "32K", "ways": 8, "hit_ns": 1},
-               {"name": "l2", "size": "256K", "ways": 8, "hit_ns": 4},
-               {"name": "llc", "size": "1M", "ways": 16, "scope": "shared", "hit_ns": 15}],
-    "memory_blades": [{"name": "mb0", "size": "1G", "latency_ns": 500}],
-    "compute_blades": [{"name": "cb0", "vcpus": 2, "memory": "1G", "remote": [{"blade": "mb0", "size": "1G"}]}],
-}
-PROBE = "taskset -c {cpu} ddc-ptrchase -s 32M -n 20000 -r 5 -N 0,1"
-SYSBENCH = ("numactl --membind=1 sysbench memory --threads=2 --memory-scope=local --time=0 --memory-block-size=4M "
-            "--memory-total-size=256M run")
-
-
-@contextmanager
-def hog() -> Iterator[None]:
-    proc = subprocess.Popen(["taskset", "-c", "1", "sh", "-c", "while :; do :; done"])
-    try:
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-class Blade:
-    def __init__(self, st: Any) -> None:
-        self.k = st.dilation
-        self.cpi = st.cpi_ns
-        self.conn = guest.connect(testbed.endpoint(st, "cb0"))
-        self.ctl = plugin.Control(st.plugin_socket("cb0"))
-
-    def counted(self, command: str) -> tuple[str, pacing.Clocks, float]:
-        self.ctl.request("reset")
-        t0 = time.monotonic()
-        out = guest.run(self.conn, command, timeout=3600, blade="cb0").stdout
-        return out, pacing.clocks(self.ctl.stats()), time.monotonic() - t0
-
-    def probe(self, cpu: int = 1) -> tuple[float, float, float, float]:
-        """(node 0 ns per load, node 1 - node 0, lag fraction, wall s), model ns."""
-        out, clocks, wall = self.counted(PROBE.format(cpu=cpu))
-        m = re.search(r"ns_per_load_median=([\d.]+) diff_ns_median=([-\d.]+)", out)
-        assert m, out
-        return float(m.group(1)) / self.k, float(m.group(2)) / self.k, clocks.lag_fraction, wall
-
-    def sysbench(self) -> tuple[float, float, float]:
-        out, clocks, wall = self.counted(SYSBENCH)
-        moved = re.search(r"([\d.]+) MiB transferred", out)
-        busy = re.search(r"execution time \(avg/stddev\):\s+([\d.]+)/", out)
-        assert moved and busy, out
-        return float(moved.group(1)) / (float(busy.group(1)) / self.k), clocks.lag_fraction, wall
-
-    def insns_per_step(self) -> float:
-        counts = []
-        for loads in (20_000, 1_020_000):
-            self.counted(f"taskset -c 1 ddc-ptrchase -s 1M -n {loads} -r 1")
-            counts.append(next(v["insns"] for v in self.ctl.stats()["vcpus"] if v["vcpu"] == 1))
-        return (counts[1] - counts[0]) / 1_250_000
+SYSBENCH = {"node": 1, "threads": 2, "block": "4M", "total": "256M"}
 
 
 def pct(x: float, ref: float) -> str:
@@ -121,48 +62,45 @@ def exactness(b: Blade, reps: int) -> None:
     print(f"   the chase loop: {steps:.3f} instructions per step; the model's price of a node-0 step: {model0:.2f} ns")
     print(f"   {'added':>6} {'node1-node0':>12} {'error':>9} {'node0':>8} {'error':>9} {'lag':>7} {'wall s':>7}")
     for added in (150, 400, 900):
-        b.ctl.request("set_link", blade="mb0", latency_ns=LOCAL_NS + added)
+        b.link(LOCAL_NS + added)
         for _ in range(reps):
-            n0, diff, lag, wall = b.probe()
-            print(f"   {added:6d} {diff:12.1f} {pct(diff, added):>9} {n0:8.2f} {pct(n0, model0):>9} "
-                  f"{100 * lag:6.2f}% {wall:7.1f}")
+            p = b.probe()
+            print(f"   {added:6d} {p.diff_ns:12.1f} {pct(p.diff_ns, added):>9} {p.node0_ns:8.2f} "
+                  f"{pct(p.node0_ns, model0):>9} {100 * p.clocks.lag_fraction:6.2f}% {p.wall_s:7.1f}")
     print("\n2. the guest's timer tick (node-0 ns per load, model)")
     for cpu, what in ((0, "vCPU 0, 250 Hz tick"), (1, "vCPU 1, nohz_full")):
-        n0s = [b.probe(cpu)[0] for _ in range(reps)]
+        n0s = [b.probe(cpu).node0_ns for _ in range(reps)]
         print(f"   {what:20s} {statistics.median(n0s):8.2f} ns ({pct(statistics.median(n0s), model0)} "
               f"against the model's price), runs: {', '.join(f'{x:.2f}' for x in n0s)}")
 
 
 def probe_independence(b: Blade, reps: int) -> None:
     print("\n3a. host independence of the probe (model time; the hog is a busy loop pinned to host core 1)")
-    b.ctl.request("set_link", blade="mb0", latency_ns=LOCAL_NS + 400)
+    b.link(LOCAL_NS + 400)
     print(f"   {'':14} {'node0 ns':>9} {'diff ns':>9} {'lag':>7} {'wall s':>7}")
     for _ in range(reps):
         for busy in (False, True):
-            with hog() if busy else _nothing():
-                n0, diff, lag, wall = b.probe()
-            print(f"   {'next to a hog' if busy else 'alone':14} {n0:9.2f} {diff:9.1f} {100 * lag:6.2f}% {wall:7.1f}")
+            with hog() if busy else nullcontext():
+                p = b.probe()
+            print(f"   {'next to a hog' if busy else 'alone':14} {p.node0_ns:9.2f} {p.diff_ns:9.1f} "
+                  f"{100 * p.clocks.lag_fraction:6.2f}% {p.wall_s:7.1f}")
 
 
 def sysbench_independence(b: Blade, reps: int) -> None:
     print("\n3b. host independence of sysbench memory, 2 threads on node 1 (MiB over the threads' mean "
           "execution time, model)")
-    b.ctl.request("set_link", blade="mb0", latency_ns=LOCAL_NS + 400)
+    b.link(LOCAL_NS + 400)
     rows: dict[bool, list[float]] = {False: [], True: []}
     print(f"   {'':14} {'MiB/s':>9} {'lag':>7} {'wall s':>7}")
     for _ in range(reps):
         for busy in (False, True):
-            with hog() if busy else _nothing():
-                mib, lag, wall = b.sysbench()
+            with hog() if busy else nullcontext():
+                mib, clocks, wall = b.sysbench(**SYSBENCH)
             rows[busy].append(mib)
-            print(f"   {'next to a hog' if busy else 'alone':14} {mib:9.1f} {100 * lag:6.2f}% {wall:7.1f}")
+            print(f"   {'next to a hog' if busy else 'alone':14} {mib:9.1f} {100 * clocks.lag_fraction:6.2f}% "
+                  f"{wall:7.1f}")
     alone, hogged = statistics.median(rows[False]), statistics.median(rows[True])
     print(f"   medians: alone {alone:.1f}, next to the hog {hogged:.1f} ({pct(hogged, alone)})")
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _campaign_on(campaign: Path, tmp: Path, mode: str) -> Path:
@@ -180,7 +118,7 @@ def _campaign_on(campaign: Path, tmp: Path, mode: str) -> Path:
 def _run(file: Path, label: str, busy: bool) -> Path:
     out = Path(f"/tmp/ddc-sweep-{label.replace(' ', '-')}-{int(time.time())}")
     t0 = time.monotonic()
-    with hog() if busy else _nothing():
+    with hog() if busy else nullcontext():
         outcome = execute.run_campaign(file, out)
     print(f"   {label}: {outcome.executed} runs in {time.monotonic() - t0:.0f} s wall "
           f"({outcome.statuses}); results in {out}", flush=True)
@@ -226,7 +164,7 @@ def main() -> int:
     if args.sweep:
         sweep(Path(args.sweep_campaign), args.inject)
         return 0
-    RACK["dilation"] = args.dilation if args.dilation == "auto" else float(args.dilation)
+    dilation = args.dilation if args.dilation == "auto" else float(args.dilation)
     # The probes run pinned to a tickless vCPU 1; sysbench's threads on a blade
     # that ticks everywhere (with nohz_full, Linux balances load only from
     # CPU 0, and two threads may share it while CPU 1 idles).
@@ -234,7 +172,8 @@ def main() -> int:
         if args.skip_hog and phases == ("sysbench",):
             continue
         t0 = time.monotonic()
-        with testbed.running({**RACK, **changes}, say=lambda m: print("   " + m, flush=True)) as st:
+        with testbed.running(rack(NAME, dilation=dilation, **changes),
+                             say=lambda m: print("   " + m, flush=True)) as st:
             print(f"\nup in {time.monotonic() - t0:.1f} s wall: dilation {st.dilation:g}, cpi_ns {st.cpi_ns:g}, "
                   f"kernel args {changes.get('kernel_args', [])}")
             b = Blade(st)
@@ -244,8 +183,7 @@ def main() -> int:
                 probe_independence(b, args.reps)
             if "sysbench" in phases:
                 sysbench_independence(b, args.reps)
-            b.ctl.close()
-            b.conn.close()
+            b.close()
     return 0
 
 

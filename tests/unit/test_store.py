@@ -102,32 +102,36 @@ def test_an_existing_store_is_never_replaced(tmp_path: Path) -> None:
         assert again.done() == {"kept": "ok"}
 
 
+def save_at_once(directory: Path, writers: int, first: int = 0) -> None:
+    """``writers`` threads open the store in ``directory`` at the same moment
+    and each saves one run (``w0``, ``w1``, ...); any error fails the test."""
+    start = threading.Barrier(writers)
+    failures: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            start.wait()
+            with Store(directory) as s:
+                s.save(record(f"w{i}", first + i))
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+
+
 def test_concurrent_creators_share_one_store(tmp_path: Path) -> None:
     """Eight writers open the same new directory at once and each saves its run: no run is lost
     (a store renamed over another would take the runs saved in the replaced one with it)."""
     for attempt in range(5):
         directory = tmp_path / f"a{attempt}"
-        writers = 8
-        start = threading.Barrier(writers)
-        failures: list[BaseException] = []
-
-        def write(i: int, directory: Path = directory, start: threading.Barrier = start,
-                  failures: list[BaseException] = failures) -> None:
-            try:
-                start.wait()
-                with Store(directory) as s:
-                    s.save(record(f"w{i}", i))
-            except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
-                failures.append(exc)
-
-        threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not failures, failures
+        save_at_once(directory, 8)
         with Store.open_existing(directory) as s:
-            assert sorted(s.done()) == [f"w{i}" for i in range(writers)]
+            assert sorted(s.done()) == [f"w{i}" for i in range(8)]
         assert [n for n in os.listdir(directory) if n.endswith(".new")] == []
 
 
@@ -253,23 +257,7 @@ def test_writers_upgrading_one_old_store_at_once(tmp_path: Path) -> None:
     """Each checks and alters inside one BEGIN IMMEDIATE: none adds a column another just added."""
     old_store(tmp_path / "c")
     writers = 6
-    start = threading.Barrier(writers)
-    failures: list[BaseException] = []
-
-    def write(i: int) -> None:
-        try:
-            start.wait()
-            with Store(tmp_path / "c") as s:
-                s.save(record(f"w{i}", i + 1))
-        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
-            failures.append(exc)
-
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not failures, failures
+    save_at_once(tmp_path / "c", writers, first=1)
     assert run_columns(tmp_path / "c" / DB_NAME).count("dilation") == 1
     with Store.open_existing(tmp_path / "c") as s:
         assert sorted(s.done()) == ["old", *(f"w{i}" for i in range(writers))]

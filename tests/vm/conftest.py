@@ -11,7 +11,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -65,4 +67,22 @@ def torn_down() -> Iterator[list[Path]]:
     for f in files:
         name = yaml.safe_load(f.read_text())["name"]
         ddc("down", str(f), check=False)
+        assert leftovers(name) == [], f"`ddc down` left {leftovers(name)}"
+
+
+@contextmanager
+def booted(directory: Path, data: dict[str, Any]) -> Iterator[state.TestbedState]:
+    """A testbed made from ``data`` with the real CLI, up for the block and
+    brought down after it, whatever happens; checked clean afterwards."""
+    name = data["name"]
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    ddc("down", str(path), check=False)  # a previous crashed run
+    try:
+        ddc("up", str(path), timeout=900)
+        st = state.load(name)
+        assert st is not None and st.plugin
+        yield st
+    finally:
+        ddc("down", str(path), check=False)
         assert leftovers(name) == [], f"`ddc down` left {leftovers(name)}"

@@ -12,15 +12,13 @@ import re
 import statistics
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from orchestrator import guest, plugin, state
 from orchestrator.testbed import endpoint
-from tests.vm.conftest import ddc, leftovers
+from tests.vm.conftest import booted
 
 pytestmark = pytest.mark.vm
 
@@ -54,22 +52,13 @@ class Blade:
 
 @pytest.fixture(scope="module")
 def blade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Blade]:
-    path: Path = tmp_path_factory.mktemp("plug") / f"{NAME}.yaml"
-    path.write_text(yaml.safe_dump(RACK))
-    ddc("down", str(path), check=False)
-    b = None
-    try:
-        ddc("up", str(path))
-        st = state.load(NAME)
-        assert st is not None and st.plugin
+    with booted(tmp_path_factory.mktemp("plug"), RACK) as st:
         b = Blade(st)
-        yield b
-    finally:
-        if b is not None:
+        try:
+            yield b
+        finally:
             b.ctl.close()
             b.conn.close()
-        ddc("down", str(path), check=False)
-        assert leftovers(NAME) == [], f"`ddc down` left {leftovers(NAME)}"
 
 
 def memory_by_node(stats: dict[str, Any]) -> dict[int, int]:
@@ -151,17 +140,14 @@ def test_latency_changes_at_runtime_and_is_charged_exactly(blade: Blade) -> None
         blade.link(latency_ns=500, bandwidth_gbps=0)
 
 
-# Known gap (issue 3 stays open): the plugin charges exactly latency - local per
+# Inject mode is approximate: the plugin charges exactly latency - local per
 # remote miss (its counters say so: injected == modelled, one charge per chase
-# load), yet the guest measures 10-15 % more on a quiet day (+430..470 ns for
-# 400 added, +970..1000 for 900, paired probe, this host) and 20-29 % on a
-# busy one (2026-12-02). The extra is not in the stalls
-# but between them: with stalls the vCPU executes the same instructions more
-# slowly (exec time per load, wall minus injected, rises by 40-130 ns), whether
-# the stall sleeps or spins, in batches of 2 us to 10 ms, and with the guest's
-# tick removed (nohz_full). Kept running, so a fix shows as XPASS.
-LATENCY_GAP = ("guest-measured stall exceeds the charged one by 10-30 %, more on a busier host "
-               "(issue 3, blocked on this host: qemu_devices/README.md, Known gap)")
+# load), yet the guest measures 10-30 % more, more on a busier host: the vCPU
+# executes the same instructions more slowly between stalls
+# (bench/RESULTS.md, 2026-12-02). Paced mode is exact (tests/vm/test_paced.py,
+# strict); this stays as an expected failure, so a fix of inject shows as XPASS.
+LATENCY_GAP = ("inject mode: the guest-measured stall exceeds the charged one by 10-30 %, more on a busier "
+               "host (bench/RESULTS.md; paced mode is the exact one)")
 
 
 def paired_diff_ns(blade: Blade) -> float:
