@@ -5,6 +5,7 @@ properties are asserted by tests/vm/test_paced.py).
 
     .venv/bin/python bench/paced.py [--dilation auto|K] [--reps 3] [--skip-hog]
     .venv/bin/python bench/paced.py --sweep [--inject] [--sweep-campaign examples/latency-sweep.yaml]
+    .venv/bin/python bench/paced.py --sweep --against results/latency-sweep [--inject]
 
 One blade (2 vCPUs, 1G local, 1G on mb0, a 1M LLC so that the probes' 32M
 buffers miss it) in paced mode, named bench-paced, is brought up with
@@ -25,7 +26,10 @@ divided by k, or a rate multiplied by k) unless it says "wall".
    next to the hog, and every point's mean slowdown side by side (the
    campaign's own testbed file is used, with mode: paced; results under
    /tmp/ddc-sweep-*); with --inject, once more on the same rack in inject
-   mode, for the wall-clock price of pacing.
+   mode, for the wall-clock price of pacing. With --against STORE (for
+   example `make demo`'s results/latency-sweep), that store stands for the
+   run alone: only the run next to the hog is made, on a testbed brought up
+   (and its dilation measured) afresh.
 """
 
 from __future__ import annotations
@@ -125,8 +129,9 @@ def _run(file: Path, label: str, busy: bool) -> Path:
     return out
 
 
-def sweep(campaign: Path, inject: bool) -> None:
-    print(f"\n4. {campaign.name} in paced mode, twice: alone, then next to the hog"
+def sweep(campaign: Path, inject: bool, against: Path | None) -> None:
+    first = f"alone in {against}" if against else "alone"
+    print(f"\n4. {campaign.name} in paced mode, twice: {first}, then next to the hog"
           + ("; then once in inject mode" if inject else ""))
     with tempfile.TemporaryDirectory() as tmp:
         paced = _campaign_on(campaign, Path(tmp), "paced")
@@ -135,7 +140,7 @@ def sweep(campaign: Path, inject: bool) -> None:
             testbed.up(yaml.safe_load(paced.read_text())["testbed"], say=print)
             st = testbed.load_up("bench-sweep")
             print(f"   dilation {st.dilation:g}")
-            outs = [_run(paced, "paced alone", False), _run(paced, "paced next to a hog", True)]
+            outs = [against or _run(paced, "paced alone", False), _run(paced, "paced next to a hog", True)]
             if inject:
                 testbed.down("bench-sweep")
                 _run(_campaign_on(campaign, Path(tmp), "inject"), "inject alone", False)
@@ -145,6 +150,8 @@ def sweep(campaign: Path, inject: bool) -> None:
     for out in outs:
         with Store.open_existing(out) as store:
             slowdowns.append(report.mean_slowdowns(store))
+            ks = sorted({r["dilation"] for r in store.runs() if r["dilation"]})
+            print(f"   {out}: dilation {', '.join(f'{k:g}' for k in ks) or 'none (not paced)'}")
     alone, busy = slowdowns
     print(f"   {'point (mean slowdown, model time)':64} {'alone':>8} {'hog':>8} {'diff':>8}")
     for key in sorted(alone):
@@ -160,9 +167,13 @@ def main() -> int:
     ap.add_argument("--sweep", action="store_true", help="run only the latency sweep twice (long)")
     ap.add_argument("--sweep-campaign", default=str(ROOT / "examples" / "latency-sweep.yaml"))
     ap.add_argument("--inject", action="store_true", help="with --sweep: also once in inject mode, for its wall time")
+    ap.add_argument("--against", type=Path, metavar="STORE",
+                    help="with --sweep: a paced run of the campaign (make demo's) stands for the one alone")
     args = ap.parse_args()
+    if args.against and not (args.against / "results.sqlite").is_file():
+        ap.error(f"--against {args.against}: no results.sqlite there; give a campaign's --out directory")
     if args.sweep:
-        sweep(Path(args.sweep_campaign), args.inject)
+        sweep(Path(args.sweep_campaign), args.inject, args.against)
         return 0
     dilation = args.dilation if args.dilation == "auto" else float(args.dilation)
     # The probes run pinned to a tickless vCPU 1; sysbench's threads on a blade
