@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -230,7 +231,8 @@ def cmd_link(a: argparse.Namespace) -> int:
 
 
 class CampaignProgress:
-    """Runs done, failed and left, and the ETA, as a rich progress bar on stderr."""
+    """Runs done, failed and left, and the ETA, as a rich progress bar on stderr; where stderr is not a
+    terminal (a log file, CI), one line per finished run instead, which a live bar cannot give there."""
 
     def __init__(self) -> None:
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -240,6 +242,9 @@ class CampaignProgress:
                             transient=False)
         self.task: TaskID | None = None
         self.ok = self.bad = self.left = 0
+        self.lines = not ERR.is_terminal
+        self.t0 = time.monotonic()
+        self.finished_here = 0
 
     def __enter__(self) -> CampaignProgress:
         self.bar.start()
@@ -263,9 +268,16 @@ class CampaignProgress:
             self.ok += 1
         else:
             self.bad += 1
-            self.bar.console.print(f"[red]run {run.run_id}: {status}[/red]")
+            if not self.lines:
+                self.bar.console.print(f"[red]run {run.run_id}: {status}[/red]")
         self.left -= 1
         self.bar.update(self.task, advance=1, ok=self.ok, bad=self.bad, left=self.left)
+        self.finished_here += 1
+        if self.lines:
+            elapsed = time.monotonic() - self.t0
+            eta = elapsed / self.finished_here * self.left
+            self.bar.console.print(f"run {run.run_id}: {status}; {self.ok} ok, {self.bad} failed, {self.left} left, "
+                                   f"{elapsed / 60:.1f} min elapsed, about {eta / 60:.0f} min to go")
 
     def say(self, message: str) -> None:
         self.bar.console.print(f"[dim]•[/dim] {escape(message)}")
