@@ -44,6 +44,7 @@ from .campaign import CampaignPlan, Run, load_campaign, numactl, testbed_links
 from .errors import DdcError, GuestError, HypervisorError, SpecError
 from .hierarchy import figures
 from .hypervisor import Hypervisor
+from .spec import MAX_DILATION
 from .state import Phase, TestbedState
 from .store import RunRecord, Store
 from .workload import Steps, parse_metrics, render
@@ -65,6 +66,7 @@ GRACE_S = 5  # between SIGTERM at the timeout and SIGKILL
 HOST_SLACK_S = 60  # the host gives up on the SSH command this long after the guest's own timeout
 RECOVER_S = 10  # how long a lost connection to a blade libvirt still calls running is retried
 MARK = "@@ddc"
+LAG_RETRIES = 2  # dilation auto: a run that lagged is run again, each time one step of the ladder slower
 
 
 class Observer(Protocol):
@@ -157,6 +159,10 @@ def run_campaign(file: str | Path, out: str | Path | None = None, *, observer: O
             for run in todo:
                 obs.started(run, False)
                 rec = session.execute(run)
+                for _ in range(LAG_RETRIES):
+                    if not session.slow_down_after(rec):
+                        break
+                    rec = session.execute(run)
                 store.save(rec)
                 outcome.statuses[rec.status] = outcome.statuses.get(rec.status, 0) + 1
                 outcome.workload_s += rec.workload_s or 0.0
@@ -311,6 +317,26 @@ class Session:
         if self.dilation and self.has_plugin:
             with contextlib.suppress(DdcError), self._ctl() as ctl:
                 ctl.request("set_pacing", dilation=self.dilation if on else 0)
+
+    def slow_down_after(self, rec: RunRecord) -> bool:
+        """When ``rec`` lagged (the host could not keep up with k x model time, for
+        example because it got busier after `up` measured it) on a testbed whose
+        file says ``dilation: auto``, raise k one step for this run and the rest,
+        and say so: True means run it again. A k the file pins is the user's: the
+        run stays, flagged as lagged."""
+        if (rec.status != "ok" or not self.dilation or rec.lag_fraction is None
+                or rec.lag_fraction <= pacing.LAG_LIMIT or self.plan.testbed.rack.dilation != "auto"):
+            return False
+        assert self.st is not None
+        k = pacing.slower(self.dilation)
+        if k > MAX_DILATION:
+            return False
+        self.obs.say(f"run {rec.run_id} lagged {100 * rec.lag_fraction:.1f} % of its model time at dilation "
+                     f"{self.dilation:g} (the host is busier than when k was measured); running it again at {k:g}, "
+                     "and the rest of the campaign too")
+        testbed.set_dilation(self.st.name, k)
+        self.st.dilation = k
+        return True
 
     def restore_links(self) -> None:
         """Put the links back as the testbed file has them."""

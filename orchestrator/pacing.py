@@ -129,6 +129,12 @@ def host_cost(stats: Mapping[str, Any]) -> float:
     return sum(v.busy_wall_ns for v in busy) / sum(v.busy_model_ns for v in busy)
 
 
+def slower(dilation: float) -> float:
+    """The step of LADDER after ``dilation`` (beyond the ladder, a quarter more):
+    what a campaign on a testbed with ``dilation: auto`` moves to when a run lags."""
+    return float(next((k for k in LADDER if k > dilation), math.ceil(dilation * 1.25)))
+
+
 def choose_dilation(cost: float, margin: float = MARGIN) -> float:
     """The smallest step of LADDER at or above ``cost x margin`` (beyond the
     ladder, the next whole number)."""
