@@ -319,11 +319,11 @@ class Session:
                 ctl.request("set_pacing", dilation=self.dilation if on else 0)
 
     def slow_down_after(self, rec: RunRecord) -> bool:
-        """When ``rec`` lagged (the host could not keep up with k x model time, for
-        example because it got busier after `up` measured it) on a testbed whose
-        file says ``dilation: auto``, raise k one step for this run and the rest,
-        and say so: True means run it again. A k the file pins is the user's: the
-        run stays, flagged as lagged."""
+        """When ``rec`` lagged (the host could not keep up with k x model time: it
+        got busier after `up` measured k, or the run is dearer to emulate than
+        the calibration) on a testbed whose file says ``dilation: auto``, raise k
+        one step for this run and the rest, and say so: True means run it again.
+        A k the file pins is the user's: the run stays, flagged as lagged."""
         if (rec.status != "ok" or not self.dilation or rec.lag_fraction is None
                 or rec.lag_fraction <= pacing.LAG_LIMIT or self.plan.testbed.rack.dilation != "auto"):
             return False
@@ -332,7 +332,7 @@ class Session:
         if k > MAX_DILATION:
             return False
         self.obs.say(f"run {rec.run_id} lagged {100 * rec.lag_fraction:.1f} % of its model time at dilation "
-                     f"{self.dilation:g} (the host is busier than when k was measured); running it again at {k:g}, "
+                     f"{self.dilation:g} (the host could not keep up with k x model time); running it again at {k:g}, "
                      "and the rest of the campaign too")
         testbed.set_dilation(self.st.name, k)
         self.st.dilation = k
