@@ -6,6 +6,7 @@ properties are asserted by tests/vm/test_paced.py).
     .venv/bin/python bench/paced.py [--dilation auto|K] [--reps 3] [--skip-hog]
     .venv/bin/python bench/paced.py --sweep [--inject] [--sweep-campaign examples/latency-sweep.yaml]
     .venv/bin/python bench/paced.py --sweep --against results/latency-sweep [--inject]
+    .venv/bin/python bench/paced.py --compare STORE STORE
 
 One blade (2 vCPUs, 1G local, 1G on mb0, a 1M LLC so that the probes' 32M
 buffers miss it) in paced mode, named bench-paced, is brought up with
@@ -146,17 +147,22 @@ def sweep(campaign: Path, inject: bool, against: Path | None) -> None:
                 _run(_campaign_on(campaign, Path(tmp), "inject"), "inject alone", False)
         finally:
             testbed.down("bench-sweep")
+    compare(*outs)
+
+
+def compare(first_store: Path, second_store: Path) -> None:
+    """Every point's mean slowdown (model time when paced) in two stores of one campaign, side by side."""
     slowdowns = []
-    for out in outs:
+    for out in (first_store, second_store):
         with Store.open_existing(out) as store:
             slowdowns.append(report.mean_slowdowns(store))
             ks = sorted({r["dilation"] for r in store.runs() if r["dilation"]})
             print(f"   {out}: dilation {', '.join(f'{k:g}' for k in ks) or 'none (not paced)'}")
-    alone, busy = slowdowns
-    print(f"   {'point (mean slowdown, model time)':64} {'alone':>8} {'hog':>8} {'diff':>8}")
-    for key in sorted(alone):
-        if key in busy:
-            print(f"   {key:64} {alone[key]:8.3f} {busy[key]:8.3f} {pct(busy[key], alone[key]):>8}")
+    first, second = slowdowns
+    print(f"   {'point (mean slowdown, model time)':64} {'first':>8} {'second':>8} {'diff':>8}")
+    for key in sorted(first):
+        if key in second:
+            print(f"   {key:64} {first[key]:8.3f} {second[key]:8.3f} {pct(second[key], first[key]):>8}")
 
 
 def main() -> int:
@@ -169,9 +175,15 @@ def main() -> int:
     ap.add_argument("--inject", action="store_true", help="with --sweep: also once in inject mode, for its wall time")
     ap.add_argument("--against", type=Path, metavar="STORE",
                     help="with --sweep: a paced run of the campaign (make demo's) stands for the one alone")
+    ap.add_argument("--compare", type=Path, nargs=2, metavar="STORE",
+                    help="only print two stores' mean slowdowns side by side (first, then second), running nothing")
     args = ap.parse_args()
-    if args.against and not (args.against / "results.sqlite").is_file():
-        ap.error(f"--against {args.against}: no results.sqlite there; give a campaign's --out directory")
+    for store in [*(args.compare or []), *([args.against] if args.against else [])]:
+        if not (store / "results.sqlite").is_file():
+            ap.error(f"{store}: no results.sqlite there; give a campaign's --out directory")
+    if args.compare:
+        compare(*args.compare)
+        return 0
     if args.sweep:
         sweep(Path(args.sweep_campaign), args.inject, args.against)
         return 0
