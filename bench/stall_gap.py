@@ -2,7 +2,7 @@
 
 The plugin's stalls are exact (injected_ns == modelled_stall_ns), yet a guest
 that waits on remote memory measures 10-15 % more than the added latency (see
-qemu_devices/README.md, "Known gap"). This runs bench/progs/stall_chase.c two
+bench/RESULTS.md, 2026-12-02). This runs bench/progs/stall_chase.c two
 ways to show where the extra time goes:
 
 * natively on the host, stalling itself as libddc stalls a vCPU (owed ns per
