@@ -550,8 +550,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if req.args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     # SIGTERM unwinds like Ctrl-C, so `up` stops the blades it started and
-    # leaves its journal for `down`.
+    # leaves its journal for `down`. SIGINT is handled even where it arrives
+    # ignored: a shell without job control starts background commands so, and
+    # Python then never turns it into KeyboardInterrupt (a `kill -INT` of a
+    # `ddc up &` from a script, or from a test, was lost and `up` went on).
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return VERBS[req.verb](req.args)
     except KeyboardInterrupt:
