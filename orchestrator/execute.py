@@ -324,10 +324,10 @@ class Session:
         the calibration) on a testbed whose file says ``dilation: auto``, raise k
         one step for this run and the rest, and say so: True means run it again.
         A k the file pins is the user's: the run stays, flagged as lagged."""
-        if (rec.status != "ok" or not self.dilation or rec.lag_fraction is None
-                or rec.lag_fraction <= pacing.LAG_LIMIT or self.plan.testbed.rack.dilation != "auto"):
+        if (rec.status != "ok" or not self.dilation or not pacing.is_lagged(rec.dilation, rec.lag_fraction)
+                or self.plan.testbed.rack.dilation != "auto"):
             return False
-        assert self.st is not None
+        assert self.st is not None and rec.lag_fraction is not None  # is_lagged said so
         k = pacing.slower(self.dilation)
         if k > MAX_DILATION:
             return False

@@ -129,6 +129,13 @@ def host_cost(stats: Mapping[str, Any]) -> float:
     return sum(v.busy_wall_ns for v in busy) / sum(v.busy_model_ns for v in busy)
 
 
+def is_lagged(dilation: float | None, lag_fraction: float | None) -> bool | None:
+    """Whether a paced run fell behind by more than LAG_LIMIT of its model time; None when not paced."""
+    if dilation is None or lag_fraction is None:
+        return None
+    return lag_fraction > LAG_LIMIT
+
+
 def slower(dilation: float) -> float:
     """The step of LADDER after ``dilation`` (beyond the ladder, a quarter more):
     what a campaign on a testbed with ``dilation: auto`` moves to when a run lags."""

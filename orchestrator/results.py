@@ -41,7 +41,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .pacing import LAG_LIMIT
+from .pacing import is_lagged
 from .store import Store
 
 HEAD = ("run_id", "status", "workload", "rep")
@@ -89,13 +89,6 @@ def to_model(value: float, unit: str, dilation: float | None) -> float:
     if scaling is Scaling.DURATION:
         return value / dilation
     return value
-
-
-def is_lagged(dilation: float | None, lag_fraction: float | None) -> bool | None:
-    """Whether a paced run fell behind by more than LAG_LIMIT of its model time; None when not paced."""
-    if dilation is None or lag_fraction is None:
-        return None
-    return lag_fraction > LAG_LIMIT
 
 
 def any_paced(runs: Iterable[dict[str, Any]]) -> bool:
